@@ -1,0 +1,97 @@
+"""Argument checks and the one broadcasting helper the package uses.
+
+Every public function validates its input with these helpers, so that bad input gives a
+clear ``ValueError``/``TypeError`` naming the argument and the allowed range, never a NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "expand_like",
+    "check_positive_int",
+    "check_int_in_range",
+    "check_float_in_range",
+    "check_float_tensor",
+    "check_finite",
+    "check_same_shape",
+]
+
+
+def expand_like(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-example vector ``v`` of shape (B,) to (B, 1, ..., 1) so it broadcasts over ``x``.
+
+    Also moves ``v`` to ``x``'s device and dtype. The only broadcasting helper in the package.
+    """
+    v = torch.as_tensor(v, device=x.device, dtype=x.dtype)
+    if v.ndim == 0:
+        return v
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))  # (B, 1, ..., 1)
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer >= 1."""
+    return check_int_in_range(name, value, 1, None)
+
+
+def check_int_in_range(name: str, value: object, low: int, high: int | None) -> int:
+    """Return ``value`` as an int, or raise if it is not an integer in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def check_float_in_range(
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``value`` as a float, or raise if it is not a finite number in the given interval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {value}")
+    return value
+
+
+def check_float_tensor(name: str, x: object) -> torch.Tensor:
+    """Raise ``TypeError`` unless ``x`` is a floating-point tensor (images must be scaled floats)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (e.g. images scaled to [-1, 1]), got {x.dtype}"
+        )
+    return x
+
+
+def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Raise ``ValueError`` if ``x`` contains NaN or infinity."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite, but it contains NaN or inf")
+    return x
+
+
+def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    """Raise ``ValueError`` if two tensors that must match elementwise have different shapes."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )

@@ -1,0 +1,185 @@
+"""Browser test of the built book: every page in _toc.yml, opened in the system Chromium.
+
+Checks on each page: math typeset by the local MathJax (no raw TeX left), every image loaded, no
+error output or traceback in any cell, every internal link resolves, and Colab/Binder launch links on
+notebook pages. All requests that leave 127.0.0.1 are blocked, so the pages must work offline.
+Screenshots go to _build/screenshots/.
+
+Needs the built book (BOOK_HTML, default _build/html) and Chromium driven by Playwright for Python
+with ``executable_path`` (no browser is ever downloaded). Skips without them, except under CI=true,
+where a missing browser or book fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_book_config import REPO_URL, toc_files
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+HTML = (ROOT / os.environ.get("BOOK_HTML", "_build/html")).resolve()
+SHOTS = ROOT / "_build" / "screenshots"
+
+
+def _missing(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (required when CI=true)")
+    pytest.skip(reason)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (HTML / "index.html").exists():
+        _missing(f"the book is not built at {HTML} (run `make book-fast`)")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    if executable is None:
+        _missing("no system Chromium found (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright for Python is not installed")
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield b
+        b.close()
+
+
+PAGES = toc_files()
+
+
+def _is_notebook(name: str) -> bool:
+    return (ROOT / f"{name}.ipynb").exists()
+
+
+# Evaluated in the page once MathJax has finished.
+PAGE_REPORT_JS = """
+async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
+  const main = document.querySelector('main') || document.body;
+  const text = main.innerText;
+  const imgs = Array.from(document.images).filter(i => !i.closest('.header-article'));
+  return {
+    mathSource: document.querySelectorAll('.math').length,
+    mathTypeset: document.querySelectorAll('mjx-container').length,
+    mathjaxLoaded: !!(window.MathJax && MathJax.version),
+    rawTeX: /\\\\\\(|\\\\\\[|\\$\\$/.test(text),
+    brokenImages: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80)),
+    tracebacks: Array.from(document.querySelectorAll('.output.traceback, .output.error')).length,
+    errorText: /Traceback \\(most recent call last\\)|\\w+Error: |\\w*Warning: /.test(
+      Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText).join('\\n')),
+    links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
+    ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+  };
+}
+"""
+
+
+def _check_internal_links(page_path: Path, links: list[str], ids: list[str]) -> list[str]:
+    bad = []
+    for href in links:
+        url = urlparse(href)
+        if url.scheme or href.startswith(("//", "mailto:", "javascript:")):
+            continue
+        target = (page_path.parent / unquote(url.path)).resolve() if url.path else page_path
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.exists():
+            bad.append(f"{href} -> missing file")
+            continue
+        frag = unquote(url.fragment)
+        if frag and target.suffix == ".html":
+            target_ids = ids if target == page_path else None
+            if target_ids is None:
+                html = target.read_text(errors="replace")
+                found = f'id="{frag}"' in html
+            else:
+                found = frag in target_ids
+            if not found:
+                bad.append(f"{href} -> no anchor #{frag}")
+    return bad
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_page(server, browser, name):
+    page_path = HTML / f"{name}.html"
+    assert page_path.exists(), f"{name}.html was not built"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    outside = []
+
+    def route(r):
+        host = urlparse(r.request.url).hostname
+        if host in ("127.0.0.1", None) or r.request.url.startswith("data:"):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    console_errors = []
+    page.on("pageerror", lambda err: console_errors.append(str(err)))
+    page.goto(f"{server}/{name}.html", wait_until="load")
+    report = page.evaluate(PAGE_REPORT_JS)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name.replace('/', '__')}.png"), full_page=True)
+    context.close()
+
+    if report["mathSource"]:
+        assert report["mathjaxLoaded"], "MathJax did not load from the local copy"
+        assert report["mathTypeset"] >= report["mathSource"], (
+            f"{report['mathSource']} math elements but {report['mathTypeset']} typeset"
+        )
+    assert not report["rawTeX"], "raw TeX delimiters left in the page text"
+    assert not report["brokenImages"], f"images that did not load: {report['brokenImages']}"
+    assert report["tracebacks"] == 0 and not report["errorText"], "error output in a cell"
+    assert not console_errors, f"JavaScript errors: {console_errors}"
+    bad = _check_internal_links(page_path, report["links"], report["ids"])
+    assert not bad, f"broken internal links: {bad}"
+    if _is_notebook(name):
+        links = report["links"]
+        colab = [h for h in links if "colab.research.google.com" in h]
+        binder = [h for h in links if "mybinder.org" in h]
+        assert colab and binder, "notebook page lacks Colab/Binder launch links"
+        repo_path = urlparse(REPO_URL).path.strip("/")
+        assert all(repo_path in h for h in colab + binder), (
+            "launch links point at another repository"
+        )
