@@ -47,8 +47,12 @@ def _chromium() -> str | None:
 def server():
     if not (HTML / "index.html").exists():
         _missing(f"the book is not built at {HTML} (run `make book-fast`)")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(HTML))
-    handler.log_message = lambda *args: None
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output readable
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(HTML))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -171,6 +175,9 @@ def test_page(server, browser, name):
     assert not report["rawTeX"], "raw TeX delimiters left in the page text"
     assert not report["brokenImages"], f"images that did not load: {report['brokenImages']}"
     assert report["tracebacks"] == 0 and not report["errorText"], "error output in a cell"
+    # sphinx-thebe 0.3 registers its config script twice under Jupyter Book 1, which redeclares a
+    # constant; thebe (live code cells) is not used by this book, so that one error is harmless.
+    console_errors = [e for e in console_errors if "THEBE_JS_URL" not in e]
     assert not console_errors, f"JavaScript errors: {console_errors}"
     bad = _check_internal_links(page_path, report["links"], report["ids"])
     assert not bad, f"broken internal links: {bad}"
