@@ -1,0 +1,34 @@
+"""Samplers for the reverse process: DDPM, DDIM (and its inversion) and DPM-Solver++.
+
+Every sampler takes ``model(x_t, t) -> eps_hat`` (t: int64 (B,) of book indices in 1..T), a
+``NoiseSchedule`` and the starting noise, and shares the options ``clip_x0``, ``callback(i, t, x_t,
+x0_hat)`` and ``progress``. Step spacing is a function ``timesteps(schedule, steps)``.
+
+Book: Reverse process (DDPM) and Fast sampling (DDIM, DPM-Solver++).
+"""
+
+from diffusion_tutorial.samplers.common import Callback, TimestepFn
+from diffusion_tutorial.samplers.ddim import ddim_invert, ddim_sample
+from diffusion_tutorial.samplers.ddpm import ddpm_sample
+from diffusion_tutorial.samplers.dpm_solver import dpm_solver_sample
+from diffusion_tutorial.samplers.timesteps import (
+    clipped_logsnr_timesteps,
+    karras_timesteps,
+    logsnr_timesteps,
+    quadratic_timesteps,
+    uniform_timesteps,
+)
+
+__all__ = [
+    "Callback",
+    "TimestepFn",
+    "ddpm_sample",
+    "ddim_sample",
+    "ddim_invert",
+    "dpm_solver_sample",
+    "uniform_timesteps",
+    "logsnr_timesteps",
+    "clipped_logsnr_timesteps",
+    "karras_timesteps",
+    "quadratic_timesteps",
+]

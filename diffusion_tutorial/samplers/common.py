@@ -1,0 +1,97 @@
+"""What every sampler shares: input checks, one model call with optional x_0 clipping, the
+timestep schedule, the per-step callback and the progress bar.
+
+Schedule coefficients are taken as Python floats (float64) once per call, so each step costs a few
+fused tensor operations in the dtype of ``x_T`` and no extra tensor allocations for coefficients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from diffusion_tutorial.checks import check_finite, check_float_tensor, check_positive_int
+from diffusion_tutorial.parameterization import Model
+from diffusion_tutorial.schedules import NoiseSchedule
+
+__all__ = [
+    "Model",
+    "Callback",
+    "TimestepFn",
+    "check_start",
+    "resolve_timesteps",
+    "predict",
+    "progress_bar",
+]
+
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+"""``callback(i, t, x_t, x0_hat)``: called once per model evaluation i = 0, 1, ... at book time t."""
+
+TimestepFn = Callable[[NoiseSchedule, int], torch.Tensor]
+"""``timesteps(schedule, steps)`` -> int64 tensor (steps + 1,) from T down to 0, see timesteps.py."""
+
+
+def check_start(name: str, x: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
+    """Validate a sampler's input: a finite floating-point tensor with a batch dimension."""
+    check_float_tensor(name, x)
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have a batch dimension (B, ...), got a scalar")
+    check_finite(name, x)
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    return x
+
+
+def resolve_timesteps(timesteps: TimestepFn, schedule: NoiseSchedule, steps: int) -> list[int]:
+    """Call a step-spacing rule and check it: ``steps + 1`` strictly decreasing ints in T..0, ending at 0."""
+    check_positive_int("steps", steps)
+    if steps > schedule.T:
+        raise ValueError(f"steps must be in 1..{schedule.T} (T), got {steps}")
+    if not callable(timesteps):
+        raise TypeError("timesteps must be a function (schedule, steps) -> int64 tensor")
+    ts = [int(v) for v in torch.as_tensor(timesteps(schedule, steps)).tolist()]
+    ok = len(ts) == steps + 1 and ts[0] <= schedule.T and ts[-1] == 0
+    if not ok or any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+        raise ValueError(
+            f"timesteps must return {steps + 1} strictly decreasing times from <= {schedule.T} to 0, "
+            f"got {ts[:5]}...{ts[-3:]}"
+        )
+    return ts
+
+
+def predict(
+    model: Model,
+    x_t: torch.Tensor,
+    t: int,
+    sqrt_alpha_bar: float,
+    sigma: float,
+    clip_x0: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One model call: eps_hat = model(x_t, t) and x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_t).
+
+    With ``clip_x0`` the prediction is clipped to [-1, 1] and eps_hat recomputed from it,
+    eps_hat = (x_t - sqrt(alpha_bar_t) x0_hat) / sigma_t, so that both stay consistent.
+    Book: Reverse process, eq. (x0-from-eps). Ho et al. 2020, eq. 15.
+    """
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)  # (B,)
+    eps_hat = model(x_t, t_batch)
+    if not isinstance(eps_hat, torch.Tensor) or eps_hat.shape != x_t.shape:
+        shape = getattr(eps_hat, "shape", None)
+        raise ValueError(
+            f"model(x_t, t) must return a tensor of shape {tuple(x_t.shape)}, got {shape}"
+        )
+    eps_hat = eps_hat.to(x_t.dtype)
+    x0_hat = (x_t - sigma * eps_hat) / sqrt_alpha_bar  # (B, ...)
+    if clip_x0:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+        eps_hat = (x_t - sqrt_alpha_bar * x0_hat) / sigma
+    return eps_hat, x0_hat
+
+
+def progress_bar(n: int, progress: bool, desc: str) -> Iterable[int]:
+    """``range(n)``, wrapped in a tqdm bar unless ``progress`` is False."""
+    if not progress:
+        return range(n)
+    return tqdm(range(n), desc=desc, leave=False)
