@@ -1,0 +1,312 @@
+"""Shipped checkpoints: save and load models as safetensors, verified by SHA-256 before loading.
+
+A checkpoint is one ``.safetensors`` file (tensors only, no pickle, so loading cannot run code).
+Its header carries string metadata: ``"unet_config"`` (the U-Net's config dataclass as JSON),
+``"schedule"`` (JSON such as ``{"name": "linear", "T": 1000}``) and free-form entries of the model
+card (training command, steps, hardware, wall time, metrics), each JSON-encoded.
+
+Book: Pretrained models (model cards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.resources
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file as _st_load_file
+from safetensors.torch import save_file as _st_save_file
+from torch import nn
+
+__all__ = [
+    "REGISTRY",
+    "CLASSIFIER",
+    "WeightsEntry",
+    "ChecksumError",
+    "save",
+    "save_classifier",
+    "load",
+    "load_file",
+    "load_classifier",
+    "card",
+    "weights_path",
+    "sha256_file",
+]
+
+
+class WeightsEntry(NamedTuple):
+    """One shipped file: its name in ``diffusion_tutorial/weights/``, its SHA-256 and how to retrain it."""
+
+    filename: str
+    sha256: str | None  # None: not trained and shipped yet
+    retrain: str  # the command that re-creates the file (also on the model card)
+
+
+# ----------------------------------------------------------------------------------------------
+# THE REGISTRY. After (re)training a checkpoint, put the file in diffusion_tutorial/weights/ and
+# its hash here: `sha256sum diffusion_tutorial/weights/<file>` (or `pretrained.sha256_file(path)`).
+# ----------------------------------------------------------------------------------------------
+REGISTRY: dict[str, WeightsEntry] = {
+    "mnist": WeightsEntry(
+        filename="mnist.safetensors",
+        sha256="575309eaa16ccffb0c6378b850c01be397a803c68e0cdc4e5950f72c445c05c3",
+        retrain="python -m diffusion_tutorial.train --dataset mnist --model mnist --batch-size 512 "
+        "--lr 4e-4 --warmup-steps 500 --ema-decay 0.999 --time-limit-min 4 --seed 0 "
+        "--export mnist.safetensors (see the model card: 3,919 steps on one H200)",
+    ),
+    "mnist-cond": WeightsEntry(
+        filename="mnist-cond.safetensors",
+        sha256="352e6e8bcd39156210e0070bcbc7490870cbe51d840f39af4d980ce134ff10b4",
+        retrain="python -m diffusion_tutorial.train --dataset mnist --model mnist --conditional "
+        "--p-uncond 0.1 --batch-size 512 --lr 4e-4 --warmup-steps 500 --ema-decay 0.999 "
+        "--time-limit-min 4 --seed 0 --export mnist-cond.safetensors (see the model card)",
+    ),
+}
+CLASSIFIER = WeightsEntry(
+    filename="mnist_classifier.safetensors",
+    sha256="50ce8d9e1c93b5853ab5c9f85ba766c3b5374ba968f8b35cd5163be203e1d390",
+    retrain="DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.mnist_classifier "
+    "--out diffusion_tutorial/weights/mnist_classifier.safetensors",
+)
+_RESERVED = {"unet_config", "schedule", "classifier_config"}
+_SCHEDULES = {"linear", "cosine"}
+
+
+class ChecksumError(RuntimeError):
+    """A weights file does not have the SHA-256 the registry expects (corrupted or replaced)."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------- writing
+
+
+def _write(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str]) -> Path:
+    """Write ``module``'s state_dict and string ``metadata`` atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Clone so tied/shared tensors become separate (safetensors refuses shared storage) and
+    # move to CPU so a checkpoint written on a GPU loads anywhere.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        _st_save_file(tensors, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old or the new file
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _encode(metadata: dict[str, Any]) -> dict[str, str]:
+    clash = _RESERVED & metadata.keys()
+    if clash:
+        raise ValueError(f"metadata keys {sorted(clash)} are reserved; pass them another name")
+    return {k: json.dumps(v) for k, v in metadata.items()}
+
+
+def save(
+    path: str | os.PathLike, model: nn.Module, *, schedule: dict[str, Any], **metadata: Any
+) -> Path:
+    """Save a U-Net as safetensors with its config, its noise schedule and model-card metadata.
+
+    ``model.config`` must be a dataclass (``UNetConfig``); ``schedule`` a dict such as
+    ``{"name": "linear", "T": 1000}``; every other keyword must be JSON-serialisable (training
+    command, steps, wall time, ...). The file is written atomically. Returns the path.
+
+    Book: Pretrained models.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        raise TypeError("model must have a dataclass `config` attribute (e.g. UNetConfig)")
+    _check_schedule(schedule)
+    meta = {"unet_config": json.dumps(dataclasses.asdict(config)), "schedule": json.dumps(schedule)}
+    meta.update(_encode(metadata))
+    return _write(path, model, meta)
+
+
+def save_classifier(path: str | os.PathLike, classifier: nn.Module, **metadata: Any) -> Path:
+    """Save the MNIST classifier as safetensors with its config and JSON-encoded ``metadata``."""
+    meta = {"classifier_config": json.dumps(dataclasses.asdict(classifier.config))}
+    meta.update(_encode(metadata))
+    return _write(path, classifier, meta)
+
+
+# --------------------------------------------------------------------------------------- reading
+
+
+def _check_schedule(schedule: object) -> None:
+    if not isinstance(schedule, dict) or schedule.get("name") not in _SCHEDULES:
+        raise ValueError(
+            f"schedule must be a dict with 'name' in {sorted(_SCHEDULES)} and an int 'T', "
+            f"got {schedule!r}"
+        )
+    if isinstance(schedule.get("T"), bool) or not isinstance(schedule.get("T"), int):
+        raise ValueError(f"schedule['T'] must be an int, got {schedule.get('T')!r}")
+
+
+def _build_schedule(spec: dict[str, Any]):
+    """Re-create the noise schedule named in a checkpoint, e.g. ``linear_schedule(T=1000)``."""
+    from . import schedules
+
+    _check_schedule(spec)
+    return getattr(schedules, f"{spec['name']}_schedule")(spec["T"])
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no tuples: turn lists back into tuples (config fields such as channel multipliers).
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _build_unet(config: dict[str, Any]) -> nn.Module:
+    """Construct an untrained ``UNet(UNetConfig(**config))``."""
+    from .unet import UNet, UNetConfig
+
+    return UNet(UNetConfig(**_tuples(config)))
+
+
+def _verify(path: Path, sha256: str, what: str, retrain: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what}: weights file {path} is missing. Reinstall the package "
+            f"(`pip install --force-reinstall diffusion-tutorial`) or re-create it with: {retrain}"
+        )
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ChecksumError(
+            f"{what}: {path} has SHA-256 {actual}, expected {sha256}. The file is corrupted or "
+            f"was replaced. Reinstall the package, or re-create it with: {retrain} "
+            "(and register the new hash in diffusion_tutorial/pretrained.py, REGISTRY)"
+        )
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _decode(meta: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:  # written by another tool: keep the raw string
+            out[k] = v
+    return out
+
+
+def load_file(
+    path: str | os.PathLike, sha256: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Any]:
+    """Load a U-Net checkpoint written by :func:`save` -> ``(model, schedule)``, model in eval mode.
+
+    Use it for your own checkpoints. When ``sha256`` is given the file is verified before loading.
+    """
+    path = Path(path)
+    if sha256 is not None:
+        _verify(path, sha256, str(path), "your own training command")
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    meta = _decode(_metadata(path))
+    if "unet_config" not in meta or "schedule" not in meta:
+        raise ValueError(
+            f"{path} has no 'unet_config'/'schedule' metadata: it was not written by "
+            "diffusion_tutorial.pretrained.save"
+        )
+    model = _build_unet(meta["unet_config"])
+    model.load_state_dict(_st_load_file(str(path), device="cpu"))
+    return model.to(device).eval(), _build_schedule(meta["schedule"])
+
+
+def weights_path(filename: str) -> Path:
+    """Path of a file shipped in ``diffusion_tutorial/weights/`` (found via importlib.resources)."""
+    return Path(str(importlib.resources.files("diffusion_tutorial") / "weights" / filename))
+
+
+def _entry(name: str) -> WeightsEntry:
+    if name == "mnist-classifier":
+        return CLASSIFIER
+    if name not in REGISTRY:
+        raise ValueError(
+            f"unknown pretrained model {name!r}; available: {sorted(REGISTRY)} and 'mnist-classifier'"
+        )
+    return REGISTRY[name]
+
+
+def _verified_path(name: str) -> Path:
+    entry = _entry(name)
+    path = weights_path(entry.filename)
+    if entry.sha256 is None:
+        raise FileNotFoundError(
+            f"pretrained {name!r} has not been shipped yet (no SHA-256 registered in "
+            f"diffusion_tutorial/pretrained.py). Train it with: {entry.retrain}, then load it "
+            "with pretrained.load_file(path)"
+        )
+    _verify(path, entry.sha256, f"pretrained {name!r}", entry.retrain)
+    return path
+
+
+def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
+    """Load a shipped checkpoint, ``"mnist"`` or ``"mnist-cond"`` -> ``(model, schedule)``.
+
+    The file's SHA-256 is checked against :data:`REGISTRY` before anything is read; the model is
+    returned in eval mode on ``device``, the schedule ready for the samplers.
+
+    Book: Pretrained models.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(REGISTRY)}")
+    return load_file(_verified_path(name), device=device)
+
+
+def card(name: str) -> dict[str, Any]:
+    """The model card of a shipped checkpoint: its metadata, JSON-decoded (config, schedule, ...)."""
+    return _decode(_metadata(_verified_path(name)))
+
+
+def load_classifier(
+    path: str | os.PathLike | None = None,
+    sha256: str | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Load the MNIST classifier behind MNIST-FID (own classifier features), in eval mode.
+
+    Without ``path``, the shipped file is loaded after checking its SHA-256 against
+    :data:`CLASSIFIER`; with ``path``, it is verified only when ``sha256`` is given.
+    """
+    from .mnist_classifier import ClassifierConfig, MNISTClassifier
+
+    if path is None:
+        path = _verified_path("mnist-classifier")
+    else:
+        path = Path(path)
+        if sha256 is not None:
+            _verify(path, sha256, str(path), CLASSIFIER.retrain)
+        elif not path.is_file():
+            raise FileNotFoundError(f"classifier file {path} does not exist")
+    meta = _decode(_metadata(path))
+    if "classifier_config" not in meta:
+        raise ValueError(
+            f"{path} has no 'classifier_config' metadata: not an MNIST classifier file"
+        )
+    classifier = MNISTClassifier(ClassifierConfig(**_tuples(meta["classifier_config"])))
+    classifier.load_state_dict(_st_load_file(str(path), device="cpu"))
+    return classifier.to(device).eval()

@@ -1,0 +1,249 @@
+"""Tests for diffusion_tutorial.metrics and mnist_classifier: identities and closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffusion_tutorial import data, metrics
+from diffusion_tutorial.mnist_classifier import (
+    MNISTClassifier,
+    classifier_features,
+    classifier_probs,
+    train_classifier,
+)
+
+from .conftest import mnist_available
+
+# ------------------------------------------------------------------------------- sliced Wasserstein
+
+
+def test_sliced_wasserstein_identical_sets_is_zero(generator):
+    x = torch.randn(300, 2, generator=generator)
+    assert metrics.sliced_wasserstein(x, x, generator=generator) == 0.0  # exact: same sorted values
+
+
+@pytest.mark.parametrize("shift", [(0.5, 0.0), (1.0, -2.0), (3.0, 3.0)])
+def test_sliced_wasserstein_of_a_translation(shift, generator):
+    # Translating by c shifts every projection by theta.c, so SW_2^2 = E[(theta.c)^2] = |c|^2 / D
+    # exactly for uniform theta. The Monte Carlo over 4096 directions has relative std ~0.7/64 ~ 1 %
+    # on SW_2^2, so 4 % on SW_2 is > 5 sigma.
+    x = torch.randn(200, 2, generator=generator, dtype=torch.float64)
+    c = torch.tensor(shift, dtype=torch.float64)
+    got = metrics.sliced_wasserstein(x, x + c, n_projections=4096, generator=generator)
+    assert got == pytest.approx(c.norm().item() / math.sqrt(2), rel=0.04)
+
+
+def test_sliced_wasserstein_grows_with_shift_and_handles_unequal_sizes(generator):
+    x = data.two_moons(400, generator=generator)
+    same = metrics.sliced_wasserstein(
+        x, data.two_moons(300, generator=generator), generator=generator
+    )
+    values = [
+        metrics.sliced_wasserstein(
+            x, data.two_moons(300, generator=generator) + s, generator=generator
+        )
+        for s in (0.2, 0.5, 1.0)
+    ]
+    assert same < values[0] < values[1] < values[2]
+
+
+# ------------------------------------------------------------------------------------------ MMD
+
+
+def test_mmd2_of_a_set_with_itself_matches_its_closed_form(generator):
+    # With y = x the unbiased estimate is 2/N (mean_{i!=j} k(x_i, x_j) - 1) exactly (k(x, x) = 1).
+    x = torch.randn(100, 2, generator=generator, dtype=torch.float64)
+    h = 0.5
+    k = torch.exp(-torch.cdist(x, x).pow(2) / (2 * h * h))
+    off_mean = (k.sum() - 100) / (100 * 99)
+    expected = 2 / 100 * (off_mean - 1)
+    assert metrics.mmd2_rbf(x, x, bandwidths=[h]) == pytest.approx(expected.item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, 1.5])
+def test_mmd2_matches_gaussian_closed_form(mu, generator):
+    # x ~ N(0, s^2 I), y ~ N(mu e1, s^2 I), RBF width h in D = 2:
+    # E k = (h^2 / (h^2 + 2 s^2))^{D/2} exp(-|mu|^2 / (2 (h^2 + 2 s^2))), so
+    # MMD^2 = 2 c (1 - exp(-mu^2 / (2 (h^2 + 2 s^2)))), c = h^2 / (h^2 + 2 s^2).
+    # The unbiased estimate with N = M = 400 has std ~ 0.01 here; average 4 draws, tolerance 0.02.
+    h, s = 1.0, 1.0
+    c = h * h / (h * h + 2 * s * s)
+    expected = 2 * c * (1 - math.exp(-(mu**2) / (2 * (h * h + 2 * s * s))))
+    shift = torch.tensor([mu, 0.0], dtype=torch.float64)
+    draws = [
+        metrics.mmd2_rbf(
+            torch.randn(400, 2, generator=generator, dtype=torch.float64) * s,
+            torch.randn(400, 2, generator=generator, dtype=torch.float64) * s + shift,
+            bandwidths=[h],
+        )
+        for _ in range(4)
+    ]
+    assert sum(draws) / 4 == pytest.approx(expected, abs=0.02)
+
+
+def test_mmd2_is_symmetric(generator):
+    x, y = torch.randn(50, 3, generator=generator), torch.randn(70, 3, generator=generator) + 1
+    assert metrics.mmd2_rbf(x, y) == pytest.approx(metrics.mmd2_rbf(y, x), rel=1e-12)
+
+
+def test_compare_to_data_on_data_is_near_the_floor(generator):
+    # Samples that ARE data should score like the floor; a shifted copy far above it.
+    # "Near": within 3x of the floor (both are O(1/sqrt(N)) noise at N = 300).
+    good = metrics.compare_to_data(
+        data.swiss_roll(300, generator=generator), data.swiss_roll, generator=generator
+    )
+    assert good["swd"] < 3 * good["swd_floor"]
+    assert abs(good["mmd2"]) < 3 * abs(good["mmd2_floor"]) + 1e-3
+    bad = metrics.compare_to_data(
+        data.swiss_roll(300, generator=generator) + 0.5, data.swiss_roll, generator=generator
+    )
+    assert bad["swd"] > 5 * bad["swd_floor"] and bad["mmd2"] > 10 * abs(bad["mmd2_floor"])
+
+
+# ----------------------------------------------------------------------------- Fréchet distance
+
+
+@pytest.mark.parametrize("d", [1, 3, 8])
+def test_frechet_diagonal_closed_form(d, generator):
+    # Diagonal covariances commute: d^2 = |mu1 - mu2|^2 + sum_i (s1_i - s2_i)^2, s = std.
+    kw = {"generator": generator, "dtype": torch.float64}
+    mu1, mu2 = torch.randn(d, **kw), torch.randn(d, **kw)
+    s1, s2 = torch.rand(d, **kw) + 0.1, torch.rand(d, **kw) + 0.1
+    got = metrics.gaussian_frechet_distance(mu1, torch.diag(s1**2), mu2, torch.diag(s2**2))
+    expected = ((mu1 - mu2) ** 2).sum() + ((s1 - s2) ** 2).sum()
+    assert got == pytest.approx(expected.item(), rel=1e-9)  # float64 throughout
+
+
+def test_frechet_general_matches_eigenvalues_of_the_product(generator):
+    # Oracle: tr (cov1^1/2 cov2 cov1^1/2)^1/2 = sum sqrt(eig(cov1 cov2)) (same spectrum).
+    a, b = (
+        torch.randn(6, 6, generator=generator, dtype=torch.float64),
+        torch.randn(6, 6, generator=generator, dtype=torch.float64),
+    )
+    cov1, cov2 = a @ a.T + 0.1 * torch.eye(6), b @ b.T + 0.1 * torch.eye(6)
+    mu = torch.zeros(6, dtype=torch.float64)
+    tr_cross = torch.linalg.eigvals(cov1 @ cov2).real.clamp(min=0).sqrt().sum()
+    expected = (cov1.trace() + cov2.trace() - 2 * tr_cross).item()
+    assert metrics.gaussian_frechet_distance(mu, cov1, mu, cov2) == pytest.approx(
+        expected, rel=1e-8
+    )
+
+
+def test_frechet_of_identical_and_translated_features(generator):
+    f = torch.randn(500, 16, generator=generator, dtype=torch.float64)
+    assert metrics.frechet_distance(f, f) == pytest.approx(0.0, abs=1e-8)  # sqrt rounding only
+    c = torch.randn(16, generator=generator, dtype=torch.float64)
+    # A translation leaves the covariance unchanged: d^2 = |c|^2.
+    got = metrics.frechet_distance(f, f + c)
+    assert got == pytest.approx(c.pow(2).sum().item(), rel=1e-8)
+
+
+def test_frechet_is_stable_for_rank_deficient_covariances(generator):
+    # Fewer samples than dimensions: singular covariances must not produce NaN or negatives.
+    f1, f2 = torch.randn(10, 64, generator=generator), torch.randn(10, 64, generator=generator)
+    got = metrics.frechet_distance(f1, f2)
+    assert math.isfinite(got) and got >= 0
+
+
+# --------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda: metrics.sliced_wasserstein(torch.zeros(5, 2), torch.zeros(5, 3)), ValueError),
+        (lambda: metrics.sliced_wasserstein(torch.zeros(5), torch.zeros(5)), ValueError),
+        (
+            lambda: metrics.sliced_wasserstein(
+                torch.zeros(5, 2, dtype=torch.int64), torch.zeros(5, 2)
+            ),
+            TypeError,
+        ),
+        (
+            lambda: metrics.sliced_wasserstein(
+                torch.zeros(5, 2), torch.zeros(5, 2), n_projections=0
+            ),
+            ValueError,
+        ),
+        (lambda: metrics.mmd2_rbf(torch.zeros(1, 2), torch.zeros(5, 2)), ValueError),
+        (
+            lambda: metrics.mmd2_rbf(torch.zeros(4, 2), torch.zeros(5, 2), bandwidths=[-1.0]),
+            ValueError,
+        ),
+        (lambda: metrics.mmd2_rbf(torch.zeros(4, 2), torch.zeros(5, 2), bandwidths=[]), ValueError),
+        (lambda: metrics.mmd2_rbf(torch.full((4, 2), math.nan), torch.zeros(5, 2)), ValueError),
+        (lambda: metrics.frechet_distance(torch.zeros(1, 4), torch.zeros(5, 4)), ValueError),
+        (
+            lambda: metrics.gaussian_frechet_distance(
+                torch.zeros(2), torch.eye(3), torch.zeros(2), torch.eye(2)
+            ),
+            ValueError,
+        ),
+        (
+            lambda: metrics.confident_fraction(MNISTClassifier(), torch.zeros(2, 1, 28, 28), 1.5),
+            ValueError,
+        ),
+        (lambda: classifier_features(MNISTClassifier(), torch.zeros(2, 3, 28, 28)), ValueError),
+        (
+            lambda: metrics.class_accuracy(
+                MNISTClassifier(), torch.zeros(2, 1, 28, 28), torch.tensor([1, 2, 3])
+            ),
+            ValueError,
+        ),
+    ],
+)
+def test_bad_arguments_raise(call, error):
+    with pytest.raises(error):
+        call()
+
+
+# -------------------------------------------------------------------- MNIST classifier metrics
+
+
+def test_classifier_outputs(generator):
+    clf = MNISTClassifier().eval()
+    x = torch.rand(7, 1, 28, 28, generator=generator) * 2 - 1
+    assert classifier_features(clf, x, batch_size=3).shape == (7, clf.config.hidden)
+    p = classifier_probs(clf, x, batch_size=3)
+    assert torch.allclose(p.sum(1), torch.ones(7), atol=1e-6)
+    assert 0.0 <= metrics.confident_fraction(clf, x) <= 1.0
+    assert metrics.mnist_fid(x, x, clf) == pytest.approx(0.0, abs=1e-6)
+    y = p.argmax(1)
+    assert metrics.class_accuracy(clf, x, y) == 1.0  # its own predictions are always "right"
+
+
+def test_train_classifier_is_reproducible_with_a_generator():
+    images = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    labels = torch.arange(64) % 10
+    a, b = [
+        train_classifier(
+            images,
+            labels,
+            epochs=1,
+            batch_size=32,
+            generator=torch.Generator().manual_seed(0),
+            progress=False,
+        )
+        for _ in range(2)
+    ]
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not mnist_available(), reason="MNIST not available offline")
+def test_shipped_classifier_accuracy_and_real_floor(generator):
+    from diffusion_tutorial import pretrained
+
+    clf = pretrained.load_classifier()
+    test_x, test_y = metrics.mnist_subset(2000, train=False, generator=generator)
+    train_x, _ = metrics.mnist_subset(2000, train=True, generator=generator)
+    assert metrics.class_accuracy(clf, test_x, test_y) >= 0.98  # 99.15 % on the full test set
+    floor = metrics.mnist_fid(train_x, test_x, clf)
+    noisy = metrics.mnist_fid(
+        train_x + 0.5 * torch.randn(train_x.shape, generator=generator), test_x, clf
+    )
+    assert floor < noisy / 5

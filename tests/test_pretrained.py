@@ -1,0 +1,179 @@
+"""Tests for diffusion_tutorial.pretrained: safetensors round trip, metadata, SHA-256 checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from diffusion_tutorial import pretrained
+from diffusion_tutorial.mnist_classifier import MNISTClassifier
+from diffusion_tutorial.schedules import cosine_schedule, linear_schedule
+from diffusion_tutorial.unet import UNet, UNetConfig
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2, T=50)
+SCHEDULE = {"name": "linear", "T": 50}
+
+
+@pytest.fixture
+def tiny_model() -> UNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return UNet(TINY).eval()
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch, tiny_model):
+    """Pretend ``tiny_model`` is the shipped "mnist" checkpoint, in a temporary weights folder."""
+    path = pretrained.save(tmp_path / "mnist.safetensors", tiny_model, schedule=SCHEDULE, steps=7)
+    entry = pretrained.WeightsEntry(
+        "mnist.safetensors", pretrained.sha256_file(path), "retrain-cmd"
+    )
+    monkeypatch.setitem(pretrained.REGISTRY, "mnist", entry)
+    monkeypatch.setattr(pretrained, "weights_path", lambda filename: tmp_path / filename)
+    return path
+
+
+def test_save_load_round_trip(tmp_path, tiny_model, generator):
+    path = pretrained.save(tmp_path / "m.safetensors", tiny_model, schedule=SCHEDULE)
+    model, schedule = pretrained.load_file(path)
+    assert model.config == tiny_model.config and not model.training
+    for (name, a), b in zip(
+        tiny_model.state_dict().items(), model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name  # bit-exact: safetensors stores the raw float32
+    torch.testing.assert_close(schedule.alpha_bar, linear_schedule(50).alpha_bar, rtol=0, atol=0)
+    x_t, t = torch.randn(2, 1, 28, 28, generator=generator), torch.tensor([1, 50])
+    with torch.no_grad():
+        assert torch.equal(model(x_t, t), tiny_model(x_t, t))
+
+
+def test_save_writes_json_metadata_atomically(tmp_path, tiny_model):
+    path = pretrained.save(
+        tmp_path / "sub" / "m.safetensors",
+        tiny_model,
+        schedule={"name": "cosine", "T": 50},
+        steps=1000,
+        metrics={"fid": 1.5},
+    )
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["unet_config"]) == json.loads(
+        json.dumps(dataclasses.asdict(tiny_model.config))
+    )
+    assert json.loads(meta["schedule"]) == {"name": "cosine", "T": 50}
+    assert json.loads(meta["steps"]) == 1000 and json.loads(meta["metrics"]) == {"fid": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == ["m.safetensors"]  # no temp file left
+    _, schedule = pretrained.load_file(path)
+    torch.testing.assert_close(schedule.alpha_bar, cosine_schedule(50).alpha_bar, rtol=0, atol=0)
+
+
+def test_load_and_card_of_a_registered_checkpoint(shipped, tiny_model):
+    model, _ = pretrained.load("mnist")
+    for (name, a), b in zip(
+        tiny_model.state_dict().items(), model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    card = pretrained.card("mnist")
+    assert card["steps"] == 7 and card["schedule"] == SCHEDULE
+    assert card["unet_config"]["base_channels"] == TINY.base_channels
+
+
+def test_corrupted_file_is_refused_before_loading(shipped):
+    data = bytearray(shipped.read_bytes())
+    data[-1] ^= 0xFF  # flip bits in the last tensor byte: still a readable file, wrong weights
+    shipped.write_bytes(bytes(data))
+    with pytest.raises(pretrained.ChecksumError, match="expected .*retrain-cmd"):
+        pretrained.load("mnist")
+    with pytest.raises(pretrained.ChecksumError):
+        pretrained.card("mnist")
+
+
+def test_missing_file_gives_a_clear_error(shipped):
+    shipped.unlink()
+    with pytest.raises(FileNotFoundError, match="missing.*Reinstall.*retrain-cmd"):
+        pretrained.load("mnist")
+
+
+def test_unshipped_checkpoint_says_how_to_train_it(monkeypatch):
+    monkeypatch.setitem(pretrained.REGISTRY, "mnist", pretrained.WeightsEntry("x", None, "cmd"))
+    with pytest.raises(FileNotFoundError, match="not been shipped.*cmd"):
+        pretrained.load("mnist")
+
+
+def test_load_file_with_sha256(tmp_path, tiny_model):
+    path = pretrained.save(tmp_path / "m.safetensors", tiny_model, schedule=SCHEDULE)
+    pretrained.load_file(path, sha256=pretrained.sha256_file(path))  # right hash: loads
+    with pytest.raises(pretrained.ChecksumError):
+        pretrained.load_file(path, sha256="0" * 64)
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda p, m: pretrained.load("cifar10"), ValueError),
+        (lambda p, m: pretrained.card("nope"), ValueError),
+        (lambda p, m: pretrained.load_file(p / "absent.safetensors"), FileNotFoundError),
+        (
+            lambda p, m: pretrained.save(p / "a", torch.nn.Linear(2, 2), schedule=SCHEDULE),
+            TypeError,
+        ),
+        (
+            lambda p, m: pretrained.save(p / "a", m, schedule={"name": "sigmoid", "T": 5}),
+            ValueError,
+        ),
+        (lambda p, m: pretrained.save(p / "a", m, schedule={"name": "linear"}), ValueError),
+        (
+            lambda p, m: pretrained.save(p / "a", m, schedule=SCHEDULE, schedule_x=object()),
+            TypeError,
+        ),
+        (lambda p, m: pretrained.save(p / "a", m, schedule=SCHEDULE, unet_config=1), ValueError),
+    ],
+)
+def test_bad_arguments_raise(call, error, tmp_path, tiny_model):
+    with pytest.raises(error):
+        call(tmp_path, tiny_model)
+
+
+def test_load_file_refuses_a_classifier_file(tmp_path):
+    path = pretrained.save_classifier(tmp_path / "c.safetensors", MNISTClassifier())
+    with pytest.raises(ValueError, match="unet_config"):
+        pretrained.load_file(path)
+
+
+def test_classifier_round_trip_and_hash(tmp_path, generator):
+    clf = MNISTClassifier().eval()
+    path = pretrained.save_classifier(tmp_path / "c.safetensors", clf, test_accuracy=0.5)
+    loaded = pretrained.load_classifier(path, sha256=pretrained.sha256_file(path))
+    x = torch.randn(3, 1, 28, 28, generator=generator)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), clf(x))
+    with pytest.raises(pretrained.ChecksumError):
+        pretrained.load_classifier(path, sha256="f" * 64)
+
+
+@pytest.mark.parametrize("name", [*pretrained.REGISTRY, "mnist-classifier"])
+def test_shipped_files_match_the_registry(name):
+    # Every registered hash must describe a file that is really in the package.
+    entry = pretrained._entry(name)
+    if entry.sha256 is None:
+        pytest.skip(f"{name} not shipped yet (no hash in pretrained.REGISTRY)")
+    path = pretrained.weights_path(entry.filename)
+    assert path.is_file(), f"{path} missing"
+    assert pretrained.sha256_file(path) == entry.sha256
+    assert path.stat().st_size <= 8 * 2**20  # the issue's limit: at most 8 MB per checkpoint
+    if name != "mnist-classifier":
+        model, schedule = pretrained.load(name)
+        assert schedule.T == model.config.T
+    else:
+        assert isinstance(pretrained.load_classifier(), MNISTClassifier)
+
+
+def test_weights_path_points_into_the_package():
+    assert pretrained.weights_path("x.safetensors").parent == (
+        Path(pretrained.__file__).parent / "weights"
+    )

@@ -1,0 +1,202 @@
+"""Tests for the training loop: exact resumption, time limit, export, CLI and DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffusion_tutorial import pretrained
+from diffusion_tutorial.train import parse_args
+from diffusion_tutorial.training import TrainConfig, batch_indices, train
+
+from .conftest import ROOT, mnist_available
+
+needs_mnist = pytest.mark.skipif(not mnist_available(), reason="MNIST files not found offline")
+# MNIST runs read 60,000 images and sample a grid: ~20 s each on 2 cores, so they are slow tests.
+slow_mnist = [needs_mnist, pytest.mark.slow]
+
+
+def toy_config(out: Path, **kw) -> TrainConfig:
+    base = dict(
+        dataset="two_moons",
+        toy_size=256,
+        steps=6,
+        batch_size=32,
+        warmup_steps=2,
+        sample_every=0,
+        checkpoint_every=0,
+        log_every=1,
+        out_dir=str(out),
+        progress=False,
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def mnist_config(out: Path, **kw) -> TrainConfig:
+    # The tiny U-Net has dropout 0.1, so resumption must also restore the global CPU RNG state.
+    return toy_config(out, dataset="mnist", model="tiny", batch_size=8, **kw)
+
+
+@pytest.mark.parametrize("step", [0, 5, 12])
+def test_batches_of_an_epoch_form_a_permutation(step):
+    # n = 50, batch 10: 5 batches per epoch; the union of an epoch's batches is every index once.
+    epoch_start = step - step % 5
+    idx = torch.cat([batch_indices(s, 50, 10, seed=3) for s in range(epoch_start, epoch_start + 5)])
+    assert torch.equal(idx.sort().values, torch.arange(50))
+    assert torch.equal(batch_indices(step, 50, 10, seed=3), batch_indices(step, 50, 10, seed=3))
+
+
+@pytest.mark.parametrize("make", [toy_config, pytest.param(mnist_config, marks=slow_mnist)])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_resume_gives_the_same_losses(tmp_path, make, conditional):
+    # Exact equality (no tolerance): on CPU the resumed run must replay the very same arithmetic.
+    if conditional and make is toy_config:
+        pytest.skip("toy sets have no labels")
+    whole = train(make(tmp_path / "whole", conditional=conditional))
+    first = train(make(tmp_path / "split", conditional=conditional, steps=3))
+    second = train(make(tmp_path / "split", conditional=conditional, resume=True))
+    assert first.step == 3 and second.step == 6
+    assert first.losses + second.losses == whole.losses
+    csv_rows = list(csv.DictReader((tmp_path / "split" / "loss.csv").open()))
+    assert [float(r["loss"]) for r in csv_rows] == pytest.approx(
+        [v for _, v in whole.losses], abs=1e-6
+    )
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    for key in a["ema"]["model"]:
+        assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_time_limit_stops_cleanly_and_exports(tmp_path):
+    cfg = mnist_config(
+        tmp_path,
+        steps=100,
+        sample_every=1000,
+        time_limit_min=0.0,
+        export=str(tmp_path / "w.safetensors"),
+    )
+    result = train(cfg)
+    assert result.stopped_by_time_limit and result.step == 1
+    assert (tmp_path / "checkpoint.pt").exists()
+    assert list(tmp_path.glob("samples_*.png"))
+    model, schedule = pretrained.load_file(tmp_path / "w.safetensors")
+    assert schedule.T == 1000
+    ema = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["ema"]["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ema[key]), key
+    meta = pretrained._decode(pretrained._metadata(tmp_path / "w.safetensors"))
+    assert meta["steps"] == 1 and meta["parameters"] == model.num_parameters()
+
+
+def test_toy_run_writes_a_histogram_grid(tmp_path):
+    train(toy_config(tmp_path, steps=2, sample_every=2))
+    assert (tmp_path / "samples_0000002.png").exists()
+
+
+def test_cli_arguments_map_to_the_config():
+    cfg = parse_args(
+        [
+            "--dataset",
+            "checkerboard",
+            "--steps",
+            "7",
+            "--batch-size",
+            "64",
+            "--lr",
+            "1e-3",
+            "--schedule",
+            "cosine",
+            "--time-limit-min",
+            "1.5",
+            "--out",
+            "x",
+            "--resume",
+        ]
+    )
+    assert (cfg.dataset, cfg.steps, cfg.batch_size, cfg.lr, cfg.schedule) == (
+        "checkerboard",
+        7,
+        64,
+        1e-3,
+        "cosine",
+    )
+    assert cfg.time_limit_min == 1.5 and cfg.out_dir == "x" and cfg.resume
+    assert "--steps 7" in cfg.command
+
+
+def test_cli_help_documents_the_options(capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--dataset",
+        "--model",
+        "--conditional",
+        "--p-uncond",
+        "--resume",
+        "--time-limit-min",
+        "--sample-every",
+        "torchrun",
+    ):
+        assert option in text
+
+
+def test_bad_settings_raise(tmp_path):
+    with pytest.raises(ValueError, match="labels"):
+        train(toy_config(tmp_path, conditional=True))
+    with pytest.raises(ValueError, match="schedule"):
+        train(toy_config(tmp_path, schedule="quadratic"))
+    with pytest.raises(ValueError, match="precision"):
+        train(toy_config(tmp_path, precision="fp8"))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
+def test_ddp_two_cpu_processes(tmp_path):
+    # torchrun with 2 gloo processes: both ranks must agree and rank 0 must log every step.
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun not available")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--standalone",
+        "-m",
+        "diffusion_tutorial.train",
+        "--dataset",
+        "two_moons",
+        "--toy-size",
+        "256",
+        "--steps",
+        "4",
+        "--batch-size",
+        "32",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "loss.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4

@@ -1,0 +1,162 @@
+"""Tests for the U-Net, the MLP denoiser and the EMA: shapes, conditioning, errors, sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from diffusion_tutorial.ema import EMA
+from diffusion_tutorial.mlp import MLPConfig, MLPDenoiser
+from diffusion_tutorial.unet import PRESETS, UNet, UNetConfig, sinusoidal_embedding
+
+TINY = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_heads=2)
+
+
+def randomise(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Replace every weight by N(0, 0.05^2): the zero-initialised output layers would hide bugs."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "image_size", "mults"), [(1, 28, (1, 2, 2)), (3, 32, (1, 2)), (2, 16, (1,))]
+)
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_output_shape_matches_input(in_channels, image_size, mults, num_classes, generator):
+    cfg = UNetConfig(
+        **{**TINY, "channel_mults": mults},
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+    )
+    model = UNet(cfg).eval()
+    x_t = torch.randn(3, in_channels, image_size, image_size, generator=generator)
+    t = torch.tensor([1, 500, 1000])
+    y = torch.tensor([0, 9, 10]) if num_classes else None
+    assert model(x_t, t, y).shape == x_t.shape
+
+
+def test_zero_initialised_output_predicts_zero(generator):
+    # conv_out starts at zero, so eps_hat = 0 at initialisation (a stable start for L_simple).
+    model = UNet(UNetConfig(**TINY)).eval()
+    x_t = torch.randn(2, 1, 28, 28, generator=generator)
+    assert torch.count_nonzero(model(x_t, torch.tensor([3, 7]))) == 0
+
+
+def test_config_round_trips_through_json():
+    cfg = UNetConfig(channel_mults=(1, 2, 4), num_classes=10)
+    again = UNetConfig(**json.loads(json.dumps(dataclasses.asdict(cfg))))
+    assert again == cfg
+
+
+def test_examples_are_independent_in_eval_mode(generator):
+    # GroupNorm normalises each example on its own: a batch gives the same result as its parts.
+    # Tolerance 1e-5: float32 convolutions may sum in a different order for another batch size.
+    model = randomise(UNet(UNetConfig(**TINY, num_classes=10)), generator)
+    x_t = torch.randn(4, 1, 28, 28, generator=generator)
+    t, y = torch.tensor([1, 10, 100, 1000]), torch.tensor([0, 3, 10, 7])
+    full = model(x_t, t, y)
+    torch.testing.assert_close(full[:2], model(x_t[:2], t[:2], y[:2]), atol=1e-5, rtol=1e-5)
+
+
+def test_time_and_label_change_the_output(generator):
+    model = randomise(UNet(UNetConfig(**TINY, num_classes=10)), generator)
+    x_t = torch.randn(1, 1, 28, 28, generator=generator)
+    base = model(x_t, torch.tensor([10]), torch.tensor([3]))
+    assert not torch.allclose(base, model(x_t, torch.tensor([900]), torch.tensor([3])))
+    assert not torch.allclose(base, model(x_t, torch.tensor([10]), torch.tensor([4])))
+
+
+def test_missing_label_means_null_class(generator):
+    model = randomise(UNet(UNetConfig(**TINY, num_classes=10)), generator)
+    x_t, t = torch.randn(2, 1, 28, 28, generator=generator), torch.tensor([5, 50])
+    torch.testing.assert_close(model(x_t, t), model(x_t, t, torch.tensor([10, 10])))
+
+
+def test_scalar_time_is_broadcast(generator):
+    model = randomise(UNet(UNetConfig(**TINY)), generator)
+    x_t = torch.randn(2, 1, 28, 28, generator=generator)
+    torch.testing.assert_close(model(x_t, 17), model(x_t, torch.tensor([17, 17])))
+
+
+def test_sinusoidal_embedding_pairs_lie_on_the_unit_circle():
+    # sin^2 + cos^2 = 1 for every frequency: the embedding is a point on a product of circles.
+    e = sinusoidal_embedding(torch.arange(1, 1001), 64)  # (1000, 64)
+    assert e.shape == (1000, 64)
+    torch.testing.assert_close(e[:, :32] ** 2 + e[:, 32:] ** 2, torch.ones(1000, 32))
+
+
+@pytest.mark.parametrize(
+    ("x_shape", "t", "y", "match"),
+    [
+        ((2, 3, 28, 28), [1, 2], None, "x_t must have shape"),  # wrong channels
+        ((2, 1, 32, 32), [1, 2], None, "x_t must have shape"),  # wrong size
+        ((2, 1, 28), [1, 2], None, "x_t must have shape"),  # not 4-D
+        ((2, 1, 28, 28), [0, 2], None, "1..1000"),  # t below 1
+        ((2, 1, 28, 28), [1, 1001], None, "1..1000"),  # t above T
+        ((2, 1, 28, 28), [1, 2, 3], None, "shape"),  # one t too many
+        ((2, 1, 28, 28), [1.5, 2.0], None, "integer"),  # fractional t
+        ((2, 1, 28, 28), [1, 2], [0, 11], "0..9"),  # label above null
+        ((2, 1, 28, 28), [1, 2], [-1, 0], "0..9"),  # negative label
+    ],
+)
+def test_bad_input_raises_value_error(x_shape, t, y, match):
+    model = UNet(UNetConfig(**TINY, num_classes=10)).eval()
+    y = torch.tensor(y) if y is not None else None
+    with pytest.raises(ValueError, match=match):
+        model(torch.zeros(x_shape), torch.tensor(t), y)
+
+
+def test_unconditional_model_rejects_labels():
+    model = UNet(UNetConfig(**TINY)).eval()
+    with pytest.raises(ValueError, match="unconditional"):
+        model(torch.zeros(1, 1, 28, 28), torch.tensor([1]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(image_size=30), dict(channel_mults=()), dict(base_channels=12), dict(dropout=1.0)],
+)
+def test_bad_config_raises(kwargs):
+    with pytest.raises(ValueError):
+        UNetConfig(**kwargs)
+
+
+def test_mnist_preset_fits_the_size_budget():
+    # Shipped weights must be <= 8 MB as float32 safetensors: <= 2M parameters.
+    for num_classes in (None, 10):
+        n = UNet(dataclasses.replace(PRESETS["mnist"], num_classes=num_classes)).num_parameters()
+        assert n * 4 <= 8e6
+
+
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_mlp_denoiser_shapes_and_errors(num_classes, generator):
+    model = MLPDenoiser(MLPConfig(dim=2, hidden=32, num_classes=num_classes))
+    x_t = torch.randn(5, 2, generator=generator)
+    assert model(x_t, torch.full((5,), 7)).shape == (5, 2)
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.zeros(5, 3), torch.full((5,), 7))
+    with pytest.raises(ValueError, match="1..1000"):
+        model(x_t, torch.full((5,), 0))
+
+
+def test_ema_follows_the_formula(generator):
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9)
+    before = [p.detach().clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
+    d = ema.current_decay()
+    assert d == pytest.approx(0.1)  # warm-up: min(0.9, (1 + 0) / (10 + 0))
+    ema.update(model)
+    for p_ema, p0, p in zip(ema.model.parameters(), before, model.parameters(), strict=True):
+        torch.testing.assert_close(p_ema, d * p0 + (1 - d) * p)
+    assert ema.current_decay() == pytest.approx(min(0.9, 2 / 11))
+    assert not any(p.requires_grad for p in ema.model.parameters())
