@@ -152,7 +152,7 @@ def train_classifier(
     n = len(images)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    from tqdm.auto import tqdm
+    from diffusion_tutorial.runtime import tqdm
 
     bar = tqdm(total=steps, disable=not progress, desc="classifier")
     classifier.train()

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+
+from diffusion_tutorial.runtime import tqdm
 
 from . import schedules
 from .ema import EMA

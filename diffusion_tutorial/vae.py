@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+
+from diffusion_tutorial.runtime import tqdm
 
 from .checks import check_float_in_range, check_float_tensor, check_positive_int
 from .probability import elbo_gaussian_encoder, gaussian_log_prob, kl_diag_gaussian

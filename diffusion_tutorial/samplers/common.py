@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-from tqdm.auto import tqdm
 
 from diffusion_tutorial.checks import check_finite, check_float_tensor, check_positive_int
 from diffusion_tutorial.parameterization import Model
+from diffusion_tutorial.runtime import tqdm
 from diffusion_tutorial.schedules import NoiseSchedule
 
 __all__ = [
