@@ -137,7 +137,7 @@ def deterministic_table(schedule) -> None:
         print(f"{name:44s}" + "".join(f"{e:11.2e}" for e in errs) + (f"  {note}" if note else ""))
 
     for name, fn in SPACINGS.items():
-        star = " *" if fn is quadratic_timesteps else ""
+        star = " *" if fn is uniform_timesteps else ""
         errs = [
             rms(ddim_sample(model, schedule, x_T, steps=n, timesteps=fn, progress=False), ref)
             for n in NFES
@@ -145,7 +145,7 @@ def deterministic_table(schedule) -> None:
         row(f"ours DDIM (eta=0), {name}{star}", errs)
     for order in (2, 3):
         for name, fn in SPACINGS.items():
-            star = " *" if (fn is clipped_logsnr_timesteps and order == 2) else ""
+            star = " *" if (fn is logsnr_timesteps and order == 2) else ""
             errs = [
                 rms(
                     dpm_solver_sample(

@@ -36,7 +36,7 @@ from diffusion_tutorial.samplers.common import (
     progress_bar,
     resolve_timesteps,
 )
-from diffusion_tutorial.samplers.timesteps import clipped_logsnr_timesteps
+from diffusion_tutorial.samplers.timesteps import logsnr_timesteps
 from diffusion_tutorial.schedules import NoiseSchedule
 
 __all__ = ["dpm_solver_sample", "exponential_integrals"]
@@ -85,14 +85,16 @@ def dpm_solver_sample(
     *,
     steps: int = 20,
     order: int = 2,
-    timesteps: TimestepFn = clipped_logsnr_timesteps,
+    timesteps: TimestepFn = logsnr_timesteps,
     clip_x0: bool = False,
     callback: Callback | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Multistep DPM-Solver++ of order 1-3: x_s = (sigma_s / sigma_t) x_t + sum_j w_j x0_hat_j.
 
-    ``steps`` model calls at ``timesteps(schedule, steps)``; the first steps use lower order until
+    ``steps`` model calls at ``timesteps(schedule, steps)`` (default: uniform in lambda, the
+    paper's choice, accurate both on the Gaussian benchmark and on the trained MNIST model); the
+    first steps use lower order until
     enough predictions exist, and the final step to t = 0 returns x0_hat (see the module notes).
     Deterministic. Returns x_0 in the dtype/device of ``x_T``.
     Book: Fast sampling, eq. (dpm-multistep). Lu et al. 2022b, Algorithm 2 (and its order-3 analogue).
