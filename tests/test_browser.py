@@ -107,6 +107,7 @@ async () => {
     mathjaxLoaded: !!(window.MathJax && MathJax.version),
     rawTeX: /\\\\\\(|\\\\\\[|\\$\\$/.test(text),
     brokenImages: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80)),
+    outputImages: document.querySelectorAll('.cell_output img').length,
     tracebacks: Array.from(document.querySelectorAll('.output.traceback, .output.error')).length,
     errorText: /Traceback \\(most recent call last\\)|\\w+Error: |\\w*Warning: /.test(
       Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText).join('\\n')),
@@ -115,6 +116,15 @@ async () => {
   };
 }
 """
+
+
+def _expected_figures(name: str) -> int:
+    """Code cells in the page's source that end in ``plt.show()``: each must render an image."""
+    for ext in (".ipynb", ".md"):
+        path = ROOT / f"{name}{ext}"
+        if path.exists():
+            return path.read_text().count("plt.show()")
+    return 0
 
 
 def _check_internal_links(page_path: Path, links: list[str], ids: list[str]) -> list[str]:
@@ -174,6 +184,12 @@ def test_page(server, browser, name):
         )
     assert not report["rawTeX"], "raw TeX delimiters left in the page text"
     assert not report["brokenImages"], f"images that did not load: {report['brokenImages']}"
+    # A figure that never reached the page (e.g. a non-inline matplotlib backend) is no broken
+    # image: count the rendered outputs against the cells that show a figure.
+    expected = _expected_figures(name)
+    assert report["outputImages"] >= expected, (
+        f"{expected} cells call plt.show() but only {report['outputImages']} images were rendered"
+    )
     assert report["tracebacks"] == 0 and not report["errorText"], "error output in a cell"
     # sphinx-thebe 0.3 registers its config script twice under Jupyter Book 1, which redeclares a
     # constant; thebe (live code cells) is not used by this book, so that one error is harmless.
