@@ -18,6 +18,7 @@ __all__ = [
     "check_float_tensor",
     "check_finite",
     "check_same_shape",
+    "check_time_indices",
 ]
 
 
@@ -95,3 +96,38 @@ def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor)
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
+
+
+def check_time_indices(
+    name: str,
+    t: torch.Tensor | int,
+    batch: int,
+    low: int,
+    high: int,
+    device: torch.device,
+    *,
+    check_values: bool = True,
+) -> torch.Tensor:
+    """Return book time indices ``t`` as an int64 tensor (batch,) on ``device``, or raise.
+
+    An int is broadcast to the batch; a float or bool tensor is a ``TypeError``; a wrong shape or
+    (unless ``check_values=False``, which avoids waiting for a GPU) a value outside low..high is a
+    ``ValueError``. The one time-index check behind ``schedules.check_timesteps`` and the models.
+    """
+    if isinstance(t, bool):
+        raise TypeError(f"{name} must be an int or an integer tensor of shape ({batch},), got bool")
+    if isinstance(t, int):
+        t = torch.full((batch,), t, dtype=torch.int64, device=device)
+    if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise TypeError(
+            f"{name} must be an int or an integer tensor of shape ({batch},), got {t!r:.60}"
+        )
+    if t.is_complex() or t.shape != (batch,):
+        raise ValueError(
+            f"{name} must have shape ({batch},) (one time per example), got {tuple(t.shape)}"
+        )
+    if check_values and batch and (int(t.min()) < low or int(t.max()) > high):
+        raise ValueError(
+            f"{name} must be in {low}..{high}, got values in {int(t.min())}..{int(t.max())}"
+        )
+    return t.to(device=device, dtype=torch.int64)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion_tutorial.checks import check_float_in_range, check_positive_int
+from diffusion_tutorial.checks import check_float_in_range, check_positive_int, check_time_indices
 
 __all__ = [
     "NoiseSchedule",
@@ -193,21 +193,4 @@ def check_timesteps(
 
     An int is broadcast to the batch. ``B = x.shape[0]``.
     """
-    B = x.shape[0]
-    if isinstance(t, bool):
-        raise TypeError(f"{name} must be an int or an integer tensor of shape ({B},), got bool")
-    if isinstance(t, int):
-        t = torch.full((B,), t, dtype=torch.int64, device=x.device)
-    if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise TypeError(
-            f"{name} must be an int or an integer tensor of shape ({B},), got {t!r:.60}"
-        )
-    if t.is_complex() or t.shape != (B,):
-        raise ValueError(
-            f"{name} must have shape ({B},) (one time per example), got {tuple(t.shape)}"
-        )
-    if B and (int(t.min()) < low or int(t.max()) > schedule.T):
-        raise ValueError(
-            f"{name} must be in {low}..{schedule.T}, got values in {int(t.min())}..{int(t.max())}"
-        )
-    return t.to(device=x.device, dtype=torch.int64)
+    return check_time_indices(name, t, x.shape[0], low, schedule.T, x.device)

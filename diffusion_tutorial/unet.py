@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_positive_int
+from .checks import check_positive_int, check_time_indices
 
 __all__ = ["UNetConfig", "UNet", "sinusoidal_embedding", "validate_t", "validate_y", "PRESETS"]
 
@@ -93,8 +93,9 @@ def validate_t(
 ) -> torch.Tensor:
     """Return t as an int64 tensor (B,) of book indices, or raise ValueError outside 1..T.
 
-    ``check_values=False`` skips the range check, which waits for the GPU (used while training on
-    CUDA, where the loss has already checked t).
+    Unlike the samplers, a model also accepts integer-valued floats and a 0-d tensor (one time for
+    the whole batch). ``check_values=False`` skips the range check, which waits for the GPU (used
+    while training on CUDA, where the loss has already checked t).
     """
     t = torch.as_tensor(t, device=device)
     if t.is_floating_point():
@@ -103,15 +104,7 @@ def validate_t(
         t = t.long()
     if t.ndim == 0:
         t = t.expand(batch)
-    if t.shape != (batch,):
-        raise ValueError(
-            f"t must have shape ({batch},) (one time per example), got {tuple(t.shape)}"
-        )
-    if check_values and (int(t.min()) < 1 or int(t.max()) > T):
-        raise ValueError(
-            f"t must be book indices in 1..{T}, got values in {int(t.min())}..{int(t.max())}"
-        )
-    return t.long()  # (B,)
+    return check_time_indices("t", t, batch, 1, T, device, check_values=check_values)  # (B,)
 
 
 def validate_y(
