@@ -10,17 +10,21 @@ from diffusion_tutorial.samplers import (
     ddim_sample,
     ddpm_sample,
     dpm_solver_sample,
+    dpm_solver_sde_sample,
     karras_timesteps,
     logsnr_timesteps,
+    power_timesteps,
     quadratic_timesteps,
     uniform_timesteps,
 )
+from diffusion_tutorial.samplers.timesteps import BURIED
 from diffusion_tutorial.schedules import cosine_schedule, linear_schedule
 
 SCHED = linear_schedule()
 DATA = GaussianData(torch.tensor([0.5, -0.3, 0.0, 0.2]), torch.tensor([0.1, 0.3, 0.6, 1.0]))
 MODEL = DATA.model(SCHED)
 SPACINGS = [
+    power_timesteps,
     uniform_timesteps,
     logsnr_timesteps,
     clipped_logsnr_timesteps,
@@ -44,7 +48,10 @@ def rms(a, b):
 def test_timesteps_are_valid(fn, steps, schedule):
     ts = fn(schedule, steps)
     assert ts.dtype == torch.int64 and ts.shape == (steps + 1,)
-    assert ts[0] == schedule.T and ts[-1] == 0 and (ts[1:] < ts[:-1]).all()
+    assert ts[0] <= schedule.T and ts[-1] == 0 and (ts[1:] < ts[:-1]).all()
+    if ts[0] < schedule.T:  # only power_timesteps starts late, and only where data is buried
+        assert fn is power_timesteps
+        assert schedule.alpha_bar[ts[0]].sqrt() <= BURIED
     if steps >= 2:
         assert ts[-2] == 1  # the last model call is at t = 1: no sampler stops early
     if steps == schedule.T:
@@ -74,6 +81,9 @@ SAMPLERS = {
     "dpm1": lambda x, g: dpm_solver_sample(MODEL, SCHED, x, steps=100, order=1, progress=False),
     "dpm2": lambda x, g: dpm_solver_sample(MODEL, SCHED, x, steps=20, order=2, progress=False),
     "dpm3": lambda x, g: dpm_solver_sample(MODEL, SCHED, x, steps=20, order=3, progress=False),
+    "sde2": lambda x, g: dpm_solver_sde_sample(
+        MODEL, SCHED, x, steps=50, generator=g, progress=False
+    ),
 }
 
 
@@ -101,6 +111,69 @@ def test_ddim_eta0_equals_first_order_dpm_solver():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)  # same maths, float64 rounding
 
 
+def test_power_timesteps_start_one_step_below_T_when_data_is_buried():
+    """p = 1 gives DDIM's reference-code times (diffusers' "leading"); few steps start at T."""
+    assert power_timesteps(SCHED, 10, p=1.0).tolist() == [
+        900,
+        800,
+        700,
+        600,
+        501,
+        401,
+        301,
+        201,
+        101,
+        1,
+        0,
+    ]
+    assert power_timesteps(SCHED, 5)[0] == SCHED.T  # one step below T is t ~ 700: data visible
+    assert power_timesteps(SCHED, 1).tolist() == [SCHED.T, 0]
+
+
+def test_first_order_sde_solver_is_ddim_eta1():
+    """The order-1 SDE step is the DDPM posterior with x0_hat plugged in: DDIM(eta=1), same noise."""
+    x = x_T()
+    for fn in (uniform_timesteps, logsnr_timesteps):
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        a = ddim_sample(
+            MODEL, SCHED, x, steps=17, eta=1.0, generator=g1, timesteps=fn, progress=False
+        )
+        b = dpm_solver_sde_sample(
+            MODEL, SCHED, x, steps=17, order=1, generator=g2, timesteps=fn, progress=False
+        )
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_second_order_sde_solver_has_smaller_variance_error():
+    """At 20 steps the first-order SDE step loses a large part of the variance of the std-0.1
+    coordinate; the second-order step keeps it within a few per cent (exact model, 4000 samples)."""
+    x = x_T(4000, seed=4)
+    var_err = []
+    for order in (1, 2):
+        out = dpm_solver_sde_sample(
+            MODEL,
+            SCHED,
+            x,
+            steps=20,
+            order=order,
+            generator=torch.Generator().manual_seed(6),
+            progress=False,
+        )
+        var_err.append((out.var(0) / DATA.std**2 - 1).abs().max().item())
+    assert var_err[1] < var_err[0] / 3, var_err
+
+
+def test_order3_falls_back_to_order2_on_large_steps():
+    """With 10 steps on the linear schedule every lambda step exceeds ORDER3_MAX_STEP (~1.07)."""
+    x = x_T()
+    a = dpm_solver_sample(MODEL, SCHED, x, steps=10, order=3, progress=False)
+    b = dpm_solver_sample(MODEL, SCHED, x, steps=10, order=2, progress=False)
+    assert torch.equal(a, b)
+    a = dpm_solver_sample(MODEL, SCHED, x, steps=20, order=3, progress=False)  # steps ~0.5
+    b = dpm_solver_sample(MODEL, SCHED, x, steps=20, order=2, progress=False)
+    assert not torch.equal(a, b)
+
+
 def test_ddim_eta1_with_all_steps_is_ddpm():
     """Same noise stream: DDIM(eta=1, every t) reproduces the DDPM samples, hence its variance."""
     sched = linear_schedule(100, 1e-3, 0.2)
@@ -126,8 +199,8 @@ def test_ddim_eta1_with_all_steps_is_ddpm():
 )
 def test_ddim_invert_then_sample_round_trip(steps, tol):
     """Inversion evaluates eps at (x_s, u) instead of (x_u, u): first-order error, so the round
-    trip tolerance shrinks ~ 1 / steps (measured RMS with the default uniform grid: 0.0295 at
-    50 steps, 0.0032 at 500)."""
+    trip tolerance shrinks ~ 1 / steps (measured RMS with the default power grid: 0.024 at
+    50 steps, 0.0028 at 500)."""
     x0 = DATA.sample(128, torch.Generator().manual_seed(2), dtype=torch.float64)
     xT = ddim_invert(MODEL, SCHED, x0, steps=steps, progress=False)
     back = ddim_sample(MODEL, SCHED, xT, steps=steps, progress=False)
@@ -194,6 +267,7 @@ def test_same_seed_is_bitwise_identical():
         lambda g: ddpm_sample(DATA.model(SCHED200), SCHED200, x, generator=g, progress=False),
         lambda g: ddim_sample(MODEL, SCHED, x, steps=20, eta=0.5, generator=g, progress=False),
         lambda g: dpm_solver_sample(MODEL, SCHED, x, steps=20, order=3, progress=False),
+        lambda g: dpm_solver_sde_sample(MODEL, SCHED, x, steps=20, generator=g, progress=False),
     ):
         assert torch.equal(
             run(torch.Generator().manual_seed(7)), run(torch.Generator().manual_seed(7))
@@ -213,6 +287,7 @@ def test_low_precision_is_finite_and_keeps_dtype(dtype):
         ),
         ddim_sample(MODEL, SCHED, x, steps=10, eta=1.0, progress=False),
         dpm_solver_sample(MODEL, SCHED, x, steps=10, order=3, progress=False),
+        dpm_solver_sde_sample(MODEL, SCHED, x, steps=10, progress=False),
     ):
         assert out.dtype == dtype and torch.isfinite(out).all()
 
@@ -222,7 +297,7 @@ def test_float64_gives_full_accuracy():
     x = x_T(64)
     a64 = ddim_sample(MODEL, SCHED, x, steps=50, progress=False)
     b64 = dpm_solver_sample(
-        MODEL, SCHED, x, steps=50, order=1, timesteps=uniform_timesteps, progress=False
+        MODEL, SCHED, x, steps=50, order=1, timesteps=power_timesteps, progress=False
     )
     assert (a64 - b64).abs().max() < 1e-12
     a32 = ddim_sample(MODEL, SCHED, x.float(), steps=50, progress=False)
@@ -257,9 +332,13 @@ def test_callback_and_clipping():
         (lambda: dpm_solver_sample(MODEL, SCHED, x_T(), order=0), ValueError),
         (lambda: dpm_solver_sample(MODEL, SCHED, x_T(), order=4), ValueError),
         (lambda: dpm_solver_sample(MODEL, SCHED, x_T().long()), TypeError),
+        (lambda: dpm_solver_sde_sample(MODEL, SCHED, x_T(), order=3), ValueError),
+        (lambda: dpm_solver_sde_sample(MODEL, SCHED, x_T(), steps=0), ValueError),
         (lambda: ddpm_sample(MODEL, SCHED, torch.full((2, 4), float("nan"))), ValueError),
         (lambda: ddpm_sample(lambda x, t: x[:, :2], SCHED, x_T()), ValueError),
         (lambda: ddim_invert(MODEL, SCHED, x_T(), steps=0), ValueError),
+        (lambda: power_timesteps(SCHED, 10, p=0.5), ValueError),
+        (lambda: power_timesteps(SCHED, 10, p=float("nan")), ValueError),
         (
             lambda: ddim_sample(
                 MODEL,

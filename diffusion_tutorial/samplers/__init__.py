@@ -1,4 +1,5 @@
-"""Samplers for the reverse process: DDPM, DDIM (and its inversion) and DPM-Solver++.
+"""Samplers for the reverse process: DDPM, DDIM (and its inversion), DPM-Solver++ and
+its stochastic (SDE) variant.
 
 Every sampler takes ``model(x_t, t) -> eps_hat`` (t: int64 (B,) of book indices in 1..T), a
 ``NoiseSchedule`` and the starting noise, and shares the options ``clip_x0``, ``callback(i, t, x_t,
@@ -11,10 +12,12 @@ from diffusion_tutorial.samplers.common import Callback, TimestepFn
 from diffusion_tutorial.samplers.ddim import ddim_invert, ddim_sample
 from diffusion_tutorial.samplers.ddpm import ddpm_sample
 from diffusion_tutorial.samplers.dpm_solver import dpm_solver_sample
+from diffusion_tutorial.samplers.dpm_solver_sde import dpm_solver_sde_sample
 from diffusion_tutorial.samplers.timesteps import (
     clipped_logsnr_timesteps,
     karras_timesteps,
     logsnr_timesteps,
+    power_timesteps,
     quadratic_timesteps,
     uniform_timesteps,
 )
@@ -26,6 +29,8 @@ __all__ = [
     "ddim_sample",
     "ddim_invert",
     "dpm_solver_sample",
+    "dpm_solver_sde_sample",
+    "power_timesteps",
     "uniform_timesteps",
     "logsnr_timesteps",
     "clipped_logsnr_timesteps",
