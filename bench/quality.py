@@ -1,8 +1,9 @@
 """Sample quality and speed of the shipped MNIST models, sampler by sampler.
 
 For each checkpoint ("mnist", "mnist-cond") and each sampler (DDPM with all T steps, DDIM with
-10/20/50/100 steps and eta 0 and 1, DPM-Solver++ with 10/20 NFE) it draws ``--n`` samples and
-reports, on one markdown line:
+10/20/50/100 steps and eta 0 and 1, DPM-Solver++ with 10/20 NFE, its SDE variant with 20 NFE),
+each with the package's default step spacing and order, it draws ``--n`` samples and reports,
+on one markdown line:
 
 * MNIST-FID (own classifier features) against ``--n`` MNIST test images, next to the
   real-vs-real floor (``--n`` training images against the same test images). It is NOT
@@ -40,16 +41,22 @@ from diffusion_tutorial import metrics, pretrained  # noqa: E402
 from diffusion_tutorial.guidance import classifier_free_guidance  # noqa: E402
 from diffusion_tutorial.mnist_classifier import classifier_features  # noqa: E402
 from diffusion_tutorial.runtime import default_device  # noqa: E402
-from diffusion_tutorial.samplers import ddim_sample, ddpm_sample, dpm_solver_sample  # noqa: E402
+from diffusion_tutorial.samplers import (  # noqa: E402
+    ddim_sample,
+    ddpm_sample,
+    dpm_solver_sample,
+    dpm_solver_sde_sample,
+)
+from diffusion_tutorial.samplers.dpm_solver import ORDER3_MAX_STEP  # noqa: E402
 
-DEFAULT_SAMPLERS = "ddpm,ddim:10:0,ddim:20:0,ddim:50:0,ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1,dpm:10,dpm:20"  # noqa: E501
+DEFAULT_SAMPLERS = "ddpm,ddim:10:0,ddim:20:0,ddim:50:0,ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1,dpm:10,dpm:20,sde:20"  # noqa: E501
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
     """One sampler setting: ``kind`` in {"ddpm", "ddim", "dpm"}, its NFE and DDIM's eta."""
 
-    kind: str
+    kind: str  # "ddpm", "ddim", "dpm" (DPM-Solver++) or "sde" (SDE-DPM-Solver++(2))
     steps: int | None  # None: DDPM with all T steps
     eta: float = 0.0
 
@@ -60,18 +67,24 @@ class SamplerSpec:
             return SamplerSpec("ddpm", None)
         if parts[0] == "ddim" and len(parts) == 3:
             return SamplerSpec("ddim", int(parts[1]), float(parts[2]))
-        if parts[0] == "dpm" and len(parts) == 2:
-            return SamplerSpec("dpm", int(parts[1]))
+        if parts[0] in ("dpm", "sde") and len(parts) == 2:
+            return SamplerSpec(parts[0], int(parts[1]))
         raise argparse.ArgumentTypeError(
-            f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA or dpm:STEPS (DPM-Solver++ 2M)"
+            f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA, dpm:STEPS (DPM-Solver++) or "
+            "sde:STEPS (SDE-DPM-Solver++)"
         )
 
-    def label(self, T: int) -> str:
+    def label(self, schedule) -> str:
+        T = schedule.T
         if self.kind == "ddpm":
             return f"DDPM {T}"
         if self.kind == "ddim":
             return f"DDIM {self.steps}, η={self.eta:g}"
-        return f"DPM-Solver++(2M) {self.steps}"
+        if self.kind == "sde":
+            return f"SDE-DPM-Solver++(2) {self.steps}"
+        # The default grid is uniform in lambda: order 3 unless its steps exceed ORDER3_MAX_STEP.
+        h = (schedule.lam[1] - schedule.lam[T]).item() / max(self.steps - 1, 1)
+        return f"DPM-Solver++({3 if h <= ORDER3_MAX_STEP else 2}M) {self.steps}"
 
     def run(self, model_fn, schedule, x_T: torch.Tensor, generator: torch.Generator):
         if self.kind == "ddpm":
@@ -86,7 +99,11 @@ class SamplerSpec:
                 generator=generator,
                 progress=False,
             )
-        return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, order=2, progress=False)
+        if self.kind == "sde":
+            return dpm_solver_sde_sample(
+                model_fn, schedule, x_T, steps=self.steps, generator=generator, progress=False
+            )
+        return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, progress=False)
 
 
 def parse_samplers(text: str) -> list[SamplerSpec]:
@@ -240,7 +257,7 @@ def main(argv: list[str] | None = None) -> str:
         for spec, w in runs:
             nfe = schedule.T if spec.steps is None else spec.steps
             if nfe > schedule.T:
-                log(f"skip {spec.label(schedule.T)}: more steps than T = {schedule.T}")
+                log(f"skip {spec.label(schedule)}: more steps than T = {schedule.T}")
                 continue
             images, y, seconds = generate(
                 model, schedule, spec, args.n, args.batch, device, args.seed, w, args.amp
@@ -249,7 +266,7 @@ def main(argv: list[str] | None = None) -> str:
             conf = metrics.confident_fraction(classifier, images)
             acc = f"{metrics.class_accuracy(classifier, images, y):.1%}" if conditional else "—"
             row = (
-                f"| {name} | {spec.label(schedule.T)} | {nfe} | {'—' if w is None else f'{w:g}'}"
+                f"| {name} | {spec.label(schedule)} | {nfe} | {'—' if w is None else f'{w:g}'}"
                 f" | {fid:.2f} | {floor:.2f} | {fid / floor:.2f} | {conf:.1%} | {acc} "
                 f"| {seconds:.1f} | {args.n / seconds:.1f} |"
             )

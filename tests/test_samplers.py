@@ -64,7 +64,7 @@ SCHED200 = linear_schedule(200, 5e-4, 0.1)  # alpha_bar_T = 3e-5: a short chain 
 SAMPLERS = {
     "ddpm": lambda x, g: ddpm_sample(MODEL, SCHED, x, generator=g, progress=False),
     # First-order DDIM at 100 steps: quadratic spacing keeps its discretisation bias on the
-    # std-0.1 coordinates below the 0.03 allowance (the default uniform grid needs ~1000 steps).
+    # std-0.1 coordinates below the 0.03 allowance (the uniform grid needs ~1000 steps).
     "ddim_eta0": lambda x, g: ddim_sample(
         MODEL, SCHED, x, steps=100, timesteps=quadratic_timesteps, progress=False
     ),
