@@ -31,10 +31,15 @@ __all__ = [
 BURIED = 0.03  # sqrt(alpha_bar) below which data of scale <= 1 is invisible under unit noise
 
 
-def _finish(candidates: torch.Tensor, T: int) -> torch.Tensor:
-    """Round decreasing real times to integers in 1..T, force strictly decreasing, append 0."""
+def _finish(candidates: torch.Tensor, T: int, start_at_T: bool = True) -> torch.Tensor:
+    """Round decreasing real times to integers in 1..T, force strictly decreasing, append 0.
+
+    The last time becomes 1 and, with ``start_at_T``, the first becomes T.
+    """
     t = [int(math.floor(c + 0.5)) for c in candidates.tolist()]
-    t[0], t[-1] = T, 1
+    t[-1] = 1
+    if start_at_T:
+        t[0] = T
     for i in range(len(t) - 2, -1, -1):  # bottom-up: every time above the next one
         t[i] = max(t[i], t[i + 1] + 1)
     for i in range(len(t)):  # top-down: never above T - i (feasible because steps <= T)
@@ -77,18 +82,14 @@ def power_timesteps(schedule: NoiseSchedule, steps: int, p: float = 1.25) -> tor
     """
     steps = _check(schedule, steps)
     p = check_float_in_range("p", p, 1.0, 4.0)
+    if steps == 1:
+        return torch.tensor([schedule.T, 0], dtype=torch.int64)
     root = torch.linspace(schedule.T ** (1 / p), 1, steps + 1, dtype=torch.float64)
     t_real = root[1:] ** p  # (steps,) from one step below T down to 1
-    if steps == 1 or schedule.alpha_bar[int(t_real[0].round())].sqrt() > BURIED:
-        # Too few steps: one step below T the data is already visible, so start at T.
-        root = torch.linspace(schedule.T ** (1 / p), 1, max(steps, 2), dtype=torch.float64)
-        t_real = root**p if steps > 1 else root[:1] ** p
-    t = [int(math.floor(c + 0.5)) for c in t_real.tolist()]
-    if steps > 1:
-        t[-1] = 1
-    for i in range(len(t) - 2, -1, -1):  # strictly decreasing
-        t[i] = max(t[i], t[i + 1] + 1)
-    return torch.tensor([min(v, schedule.T - i) for i, v in enumerate(t)] + [0], dtype=torch.int64)
+    if schedule.alpha_bar[int(t_real[0].round())].sqrt() > BURIED:  # data visible: start at T
+        root = torch.linspace(schedule.T ** (1 / p), 1, steps, dtype=torch.float64)
+        return _finish(root**p, schedule.T)
+    return _finish(t_real, schedule.T, start_at_T=False)
 
 
 def uniform_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
