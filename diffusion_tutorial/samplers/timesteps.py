@@ -69,11 +69,12 @@ def power_timesteps(schedule: NoiseSchedule, steps: int, p: float = 1.25) -> tor
     treats the pure noise x_T as a sample at t_0, provided the data is still buried there:
     sqrt(alpha_bar_{t_0}) <= ``BURIED`` = 0.03 (data of scale <= 1 under noise of scale 1; with
     fewer steps, e.g. 5 or fewer of the linear schedule, the grid starts at T). Then N(0, I) is
-    as good a start at t_0 as at T, and the step that would have been spent at the top, where an eps-predicting
-    network's x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_t) magnifies its errors by
-    sigma_t / sqrt(alpha_bar_t) (~160 at T), is spent lower down. With p = 1 these are the
+    as good a start at t_0 as at T, and the step that would have been spent at the top, where
+    an eps-predicting network's x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_t) magnifies
+    its errors by sigma_t / sqrt(alpha_bar_t) (~160 at T), is spent lower down. With p = 1 these are the
     times of DDIM's reference code and of diffusers' default ``timestep_spacing="leading"``
-    (901, 801, ..., 1 for 10 steps of T = 1000); p > 1 shortens the steps toward t = 1.
+    (up to rounding: 900, 800, ..., 1 here against their 901, 801, ..., 1 for 10 steps of
+    T = 1000); p > 1 shortens the steps toward t = 1.
     The default p = 1.25 is the default of ``ddim_sample``: on the exact Gaussian problem of
     ``bench/samplers.py`` it is 20-30 % more accurate than p = 1 (diffusers' default DDIM) at
     10-100 steps, and on the trained MNIST model it is within a few per cent of p = 1 and more
