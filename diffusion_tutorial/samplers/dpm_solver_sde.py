@@ -81,7 +81,8 @@ def dpm_solver_sde_sample(
         if callback is not None:
             callback(i, t, x, x0_hat)
         if s == 0:  # lambda_0 = inf: the posterior collapses onto x0_hat
-            return x0_hat
+            x = x0_hat
+            break
         # Step 2: the x0_hat the step integrates (midpoint of the line through the last two).
         h = lam[s] - lam[t]
         d = x0_hat

@@ -62,6 +62,14 @@ def _check(schedule: NoiseSchedule, steps: int) -> int:
     return check_int_in_range("steps", steps, 1, schedule.T)
 
 
+def _power_from_T(schedule: NoiseSchedule, steps: int, p: float) -> torch.Tensor:
+    """``steps`` times with t^(1/p) equally spaced from T down to 1 (p = 1 uniform, 2 quadratic)."""
+    if steps == 1:
+        return torch.tensor([schedule.T, 0], dtype=torch.int64)
+    root = torch.linspace(schedule.T ** (1 / p), 1, steps, dtype=torch.float64)
+    return _finish(root**p, schedule.T)
+
+
 def power_timesteps(schedule: NoiseSchedule, steps: int, p: float = 1.25) -> torch.Tensor:
     """Times with t^(1/p) equally spaced: the steps + 1 points from T^(1/p) down to 1 without T, then 0.
 
@@ -71,10 +79,10 @@ def power_timesteps(schedule: NoiseSchedule, steps: int, p: float = 1.25) -> tor
     fewer steps, e.g. 5 or fewer of the linear schedule, the grid starts at T). Then N(0, I) is
     as good a start at t_0 as at T, and the step that would have been spent at the top, where
     an eps-predicting network's x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_t) magnifies
-    its errors by sigma_t / sqrt(alpha_bar_t) (~160 at T), is spent lower down. With p = 1 these are the
-    times of DDIM's reference code and of diffusers' default ``timestep_spacing="leading"``
-    (up to rounding: 900, 800, ..., 1 here against their 901, 801, ..., 1 for 10 steps of
-    T = 1000); p > 1 shortens the steps toward t = 1.
+    its errors by sigma_t / sqrt(alpha_bar_t) (~160 at T), is spent lower down. With p = 1
+    these are the times of DDIM's reference code and of diffusers' default
+    ``timestep_spacing="leading"`` (up to rounding: 900, 800, ..., 1 here against their 901,
+    801, ..., 1 for 10 steps of T = 1000); p > 1 shortens the steps toward t = 1.
     The default p = 1.25 is the default of ``ddim_sample``: on the exact Gaussian problem of
     ``bench/samplers.py`` it is 20-30 % more accurate than p = 1 (diffusers' default DDIM) at
     10-100 steps, and on the trained MNIST model it is within a few per cent of p = 1 and more
@@ -88,8 +96,7 @@ def power_timesteps(schedule: NoiseSchedule, steps: int, p: float = 1.25) -> tor
     root = torch.linspace(schedule.T ** (1 / p), 1, steps + 1, dtype=torch.float64)
     t_real = root[1:] ** p  # (steps,) from one step below T down to 1
     if schedule.alpha_bar[int(t_real[0].round())].sqrt() > BURIED:  # data visible: start at T
-        root = torch.linspace(schedule.T ** (1 / p), 1, steps, dtype=torch.float64)
-        return _finish(root**p, schedule.T)
+        return _power_from_T(schedule, steps, p)
     return _finish(t_real, schedule.T, start_at_T=False)
 
 
@@ -99,10 +106,7 @@ def uniform_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     DDIM's "uniform" choice with both ends included (diffusers' ``timestep_spacing="linspace"``).
     Book: Fast sampling, eq. (uniform-steps). Song et al. 2021 (DDIM), sec. 4.2.
     """
-    steps = _check(schedule, steps)
-    if steps == 1:
-        return torch.tensor([schedule.T, 0], dtype=torch.int64)
-    return _finish(torch.linspace(schedule.T, 1, steps, dtype=torch.float64), schedule.T)
+    return _power_from_T(schedule, _check(schedule, steps), 1.0)
 
 
 def _logsnr(schedule: NoiseSchedule, steps: int, lam_min: float) -> torch.Tensor:
@@ -176,8 +180,4 @@ def quadratic_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     (it spends few steps at medium noise, where the digits take shape).
     Book: Fast sampling, eq. (quadratic-steps). Song et al. 2021 (DDIM), appendix D.2.
     """
-    steps = _check(schedule, steps)
-    if steps == 1:
-        return torch.tensor([schedule.T, 0], dtype=torch.int64)
-    root = torch.linspace(math.sqrt(schedule.T), 1, steps, dtype=torch.float64)
-    return _finish(root**2, schedule.T)
+    return _power_from_T(schedule, _check(schedule, steps), 2.0)
