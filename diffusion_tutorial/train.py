@@ -115,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "--precision",
         default=d.precision,
         choices=["auto", "bf16", "fp16", "fp32"],
-        help="autocast on CUDA (auto = bf16 if supported); CPU always uses fp32",
+        help="autocast on CUDA (auto = bf16 if supported, else fp16); on CPU fp32 unless bf16 is "
+        "asked for (faster on CPUs with bf16 instructions)",
     )
     p.add_argument("--device", default=d.device, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--toy-size", type=int, default=d.toy_size, help="points in a toy training set")
@@ -123,6 +124,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         "--resume",
         action="store_true",
         help="continue from <out>/checkpoint.pt exactly (model, EMA, optimiser, RNG)",
+    )
+    p.add_argument(
+        "--init",
+        default=d.init,
+        metavar="NAME_OR_PATH",
+        help="fine-tune: start from these weights, a shipped model ('mnist', 'mnist-cond') or a "
+        ".safetensors file from --export (same network and T; fresh optimiser)",
     )
     p.add_argument(
         "--export",
@@ -157,6 +165,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         device=a.device,
         toy_size=a.toy_size,
         resume=a.resume,
+        init=a.init,
         export=a.export,
         progress=not a.no_progress,
         command=shlex.join(["python", "-m", "diffusion_tutorial.train", *(argv or sys.argv[1:])]),

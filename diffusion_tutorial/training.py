@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from diffusion_tutorial.runtime import tqdm
 
-from . import schedules
+from . import pretrained, schedules
 from .ema import EMA
 from .losses import simple_loss
 from .mlp import MLPConfig, MLPDenoiser
@@ -71,6 +71,7 @@ class TrainConfig:
     device: str | None = None  # None: runtime.default_device()
     toy_size: int = 50_000  # size of the fixed training set for toy data
     resume: bool = False
+    init: str | None = None  # start from these weights: a shipped name ("mnist") or a .safetensors
     export: str | None = None  # write EMA weights as safetensors here at the end (U-Nets)
     progress: bool = True
     command: str = ""  # the command line, recorded in the exported metadata
@@ -146,8 +147,11 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16/fp16 on CUDA ("auto" picks), bf16 on CPU only when asked; else None."""
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {precision!r}")
+    if device.type == "cpu" and precision == "bf16":
+        return torch.bfloat16  # fast on CPUs with bf16 instructions (AVX512-BF16, AMX)
     if device.type != "cuda" or precision == "fp32":
         return None
     if precision == "auto":
@@ -164,6 +168,39 @@ def _loss_fn(
     drop = torch.rand(y.shape, generator=g, device=g.device).to(y.device) < p_uncond  # (B,)
     y_in = torch.where(drop, torch.full_like(y, null), y)  # (B,)
     return lambda x_t, t: model(x_t, t, y_in)
+
+
+def _load_init(model: torch.nn.Module, cfg: TrainConfig, schedule) -> None:
+    """Copy the weights of ``cfg.init`` (a shipped name or a .safetensors path) into ``model``.
+
+    The file must describe the same network and noise schedule as ``cfg``; fine-tuning starts
+    from its weights with a fresh optimiser and an EMA that starts at those weights.
+    """
+    init = cfg.init
+    try:
+        src, src_schedule = (
+            pretrained.load(init) if init in pretrained.REGISTRY else pretrained.load_file(init)
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(
+            f"init must be one of {sorted(pretrained.REGISTRY)} or a .safetensors file written "
+            f"by diffusion_tutorial (pretrained.save or --export); {init!r}: {err}"
+        ) from err
+    if src_schedule.T != schedule.T or not torch.allclose(
+        src_schedule.alpha_bar, schedule.alpha_bar, rtol=1e-6, atol=0.0
+    ):
+        raise ValueError(
+            f"init {init!r} was trained with another noise schedule (T = {src_schedule.T}) than "
+            f"--schedule {cfg.schedule} --T {cfg.T}"
+        )
+    mine, theirs = model.state_dict(), src.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in mine.items()}
+    if shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
+        raise ValueError(
+            f"init {init!r} is a different network than this run's {type(model).__name__} "
+            f"(model={cfg.model!r}, conditional={cfg.conditional}): parameter names or shapes differ"
+        )
+    model.load_state_dict(theirs)
 
 
 def _try_sample_grid(model: torch.nn.Module, schedule, path: Path, cfg: TrainConfig) -> None:
@@ -204,6 +241,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     with torch.random.fork_rng(devices=[]):  # weight init: seeded, same on every rank
         torch.manual_seed(cfg.seed)
         raw_model = build_model(cfg, x_all).to(device)
+    if cfg.init and not (cfg.resume and ckpt_path.exists()):
+        _load_init(raw_model, cfg, schedule)
     ema = EMA(raw_model, cfg.ema_decay)
     null = raw_model.config.num_classes  # the null label (None: unconditional)
     model = raw_model
@@ -296,16 +335,16 @@ def train(cfg: TrainConfig) -> TrainResult:
         wall = wall_before + time.perf_counter() - start
         if rank == 0 and cfg.sample_every and step % cfg.sample_every != 0:  # a final grid
             _try_sample_grid(ema.model, schedule, out / f"samples_{step:07d}.png", cfg)
-            if cfg.export:
-                meta = dict(
-                    training_command=cfg.command,
-                    steps=step,
-                    batch_size=cfg.batch_size,
-                    hardware=hardware_name(device, world),
-                    wall_time_s=round(wall, 1),
-                    parameters=sum(p.numel() for p in raw_model.parameters()),
-                    train_config=dataclasses.asdict(cfg),
-                    final_loss=losses[-1][1] if losses else None,
-                )
-                export_weights(cfg.export, ema.model, cfg, meta)
+        if rank == 0 and cfg.export:
+            meta = dict(
+                training_command=cfg.command,
+                steps=step,
+                batch_size=cfg.batch_size,
+                hardware=hardware_name(device, world),
+                wall_time_s=round(wall, 1),
+                parameters=sum(p.numel() for p in raw_model.parameters()),
+                train_config=dataclasses.asdict(cfg),
+                final_loss=losses[-1][1] if losses else None,
+            )
+            export_weights(cfg.export, ema.model, cfg, meta)
     return TrainResult(step, losses, wall, stopped, out)

@@ -14,7 +14,7 @@ import torch
 
 from diffusion_tutorial import pretrained
 from diffusion_tutorial.train import parse_args
-from diffusion_tutorial.training import TrainConfig, batch_indices, train
+from diffusion_tutorial.training import TrainConfig, _autocast_dtype, batch_indices, train
 
 from .conftest import ROOT, mnist_available
 
@@ -98,6 +98,34 @@ def test_time_limit_stops_cleanly_and_exports(tmp_path):
     assert meta["steps"] == 1 and meta["parameters"] == model.num_parameters()
 
 
+@needs_mnist
+@pytest.mark.slow
+def test_init_starts_from_exported_weights(tmp_path):
+    # Run 1 exports its EMA weights (no sample grids: the export must not depend on them); run 2
+    # starts from that file and exports after 0 steps, so its EMA must be exactly those weights.
+    first = tmp_path / "first.safetensors"
+    train(mnist_config(tmp_path / "a", steps=2, export=str(first)))
+    second = tmp_path / "second.safetensors"
+    train(mnist_config(tmp_path / "b", steps=0, init=str(first), export=str(second)))
+    want, _ = pretrained.load_file(first)
+    got, _ = pretrained.load_file(second)
+    for key, value in want.state_dict().items():
+        assert torch.equal(value, got.state_dict()[key]), key
+
+
+def test_bad_init_raises(tmp_path):
+    with pytest.raises(ValueError, match="init must be one of"):
+        train(toy_config(tmp_path, init=str(tmp_path / "missing.safetensors")))
+    with pytest.raises(ValueError, match="different network"):
+        train(toy_config(tmp_path, init="mnist"))  # the shipped U-Net into a 2-D MLP
+
+
+def test_bf16_on_cpu_only_when_asked():
+    cpu = torch.device("cpu")
+    assert _autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert _autocast_dtype("auto", cpu) is None and _autocast_dtype("fp16", cpu) is None
+
+
 def test_toy_run_writes_a_histogram_grid(tmp_path):
     train(toy_config(tmp_path, steps=2, sample_every=2))
     assert (tmp_path / "samples_0000002.png").exists()
@@ -121,6 +149,8 @@ def test_cli_arguments_map_to_the_config():
             "--out",
             "x",
             "--resume",
+            "--init",
+            "mnist",
         ]
     )
     assert (cfg.dataset, cfg.steps, cfg.batch_size, cfg.lr, cfg.schedule) == (
@@ -130,7 +160,7 @@ def test_cli_arguments_map_to_the_config():
         1e-3,
         "cosine",
     )
-    assert cfg.time_limit_min == 1.5 and cfg.out_dir == "x" and cfg.resume
+    assert cfg.time_limit_min == 1.5 and cfg.out_dir == "x" and cfg.resume and cfg.init == "mnist"
     assert "--steps 7" in cfg.command
 
 
@@ -145,6 +175,7 @@ def test_cli_help_documents_the_options(capsys):
         "--conditional",
         "--p-uncond",
         "--resume",
+        "--init",
         "--time-limit-min",
         "--sample-every",
         "torchrun",
