@@ -24,13 +24,18 @@ class EMA:
     the U-Net) are copied, not averaged.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999) -> None:
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True) -> None:
         self.decay = check_float_in_range("decay", decay, 0.0, 1.0, high_open=True)
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.num_updates = 0
+        # False when ``model`` already holds averaged weights (fine-tuning a shipped EMA): there is
+        # no random initialisation to forget, so the full decay applies from the first update.
+        self.warmup = warmup
 
     def current_decay(self) -> float:
         """d_n = min(decay, (1 + n) / (10 + n)) for the n-th update (n = number of updates so far)."""
+        if not self.warmup:
+            return self.decay
         n = self.num_updates
         return min(self.decay, (1 + n) / (10 + n))
 
@@ -53,6 +58,7 @@ class EMA:
             "model": self.model.state_dict(),
             "num_updates": self.num_updates,
             "decay": self.decay,
+            "warmup": self.warmup,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -60,3 +66,4 @@ class EMA:
         self.model.load_state_dict(state["model"])
         self.num_updates = int(state["num_updates"])
         self.decay = float(state["decay"])
+        self.warmup = bool(state.get("warmup", True))

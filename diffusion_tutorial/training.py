@@ -243,7 +243,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raw_model = build_model(cfg, x_all).to(device)
     if cfg.init and not (cfg.resume and ckpt_path.exists()):
         _load_init(raw_model, cfg, schedule)
-    ema = EMA(raw_model, cfg.ema_decay)
+    ema = EMA(raw_model, cfg.ema_decay, warmup=not cfg.init)  # an init is already an average
     null = raw_model.config.num_classes  # the null label (None: unconditional)
     model = raw_model
     if distributed:

@@ -160,3 +160,13 @@ def test_ema_follows_the_formula(generator):
         torch.testing.assert_close(p_ema, d * p0 + (1 - d) * p)
     assert ema.current_decay() == pytest.approx(min(0.9, 2 / 11))
     assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_ema_without_warmup_uses_the_full_decay_and_survives_a_state_round_trip():
+    model = nn.Linear(3, 2)
+    ema = EMA(model, decay=0.9, warmup=False)  # e.g. fine-tuning weights that are already an EMA
+    assert ema.current_decay() == 0.9
+    ema.update(model)
+    restored = EMA(model, decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.current_decay() == 0.9 and restored.num_updates == 1
