@@ -33,7 +33,8 @@ class EMA:
         self.warmup = warmup
 
     def current_decay(self) -> float:
-        """d_n = min(decay, (1 + n) / (10 + n)) for the n-th update (n = number of updates so far)."""
+        """d_n = min(decay, (1 + n) / (10 + n)) for the n-th update (n = updates so far); ``decay``
+        throughout when the EMA was made with ``warmup=False``."""
         if not self.warmup:
             return self.decay
         n = self.num_updates

@@ -193,14 +193,13 @@ def _load_init(model: torch.nn.Module, cfg: TrainConfig, schedule) -> None:
             f"init {init!r} was trained with another noise schedule (T = {src_schedule.T}) than "
             f"--schedule {cfg.schedule} --T {cfg.T}"
         )
-    mine, theirs = model.state_dict(), src.state_dict()
-    shapes = {k: tuple(v.shape) for k, v in mine.items()}
-    if shapes != {k: tuple(v.shape) for k, v in theirs.items()}:
+    try:  # strict: every parameter name and shape must match
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as err:
         raise ValueError(
             f"init {init!r} is a different network than this run's {type(model).__name__} "
             f"(model={cfg.model!r}, conditional={cfg.conditional}): parameter names or shapes differ"
-        )
-    model.load_state_dict(theirs)
+        ) from err
 
 
 def _try_sample_grid(model: torch.nn.Module, schedule, path: Path, cfg: TrainConfig) -> None:
