@@ -36,6 +36,7 @@ __all__ = [
     "load_file",
     "load_classifier",
     "card",
+    "card_file",
     "weights_path",
     "sha256_file",
 ]
@@ -280,6 +281,14 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]
 def card(name: str) -> dict[str, Any]:
     """The model card of a shipped checkpoint: its metadata, JSON-decoded (config, schedule, ...)."""
     return _decode(_metadata(_verified_path(name)))
+
+
+def card_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of any checkpoint file (e.g. one from ``--export``), JSON-decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return _decode(_metadata(path))
 
 
 def load_classifier(

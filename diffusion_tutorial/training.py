@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -202,6 +203,21 @@ def _load_init(model: torch.nn.Module, cfg: TrainConfig, schedule) -> None:
         ) from err
 
 
+_PROVENANCE_KEYS = ("steps", "batch_size", "hardware", "wall_time_s", "init")
+
+
+def _init_provenance(init: str) -> dict[str, Any]:
+    """Where ``--init`` weights came from, for the exported model card: the source, its SHA-256
+    and how it was trained (its own ``init`` too, so a chain of fine-tunes stays traceable)."""
+    path = pretrained._verified_path(init) if init in pretrained.REGISTRY else Path(init)
+    meta = pretrained.card_file(path)
+    return {
+        "from": init,
+        "sha256": pretrained.sha256_file(path),
+        **{k: meta[k] for k in _PROVENANCE_KEYS if k in meta},
+    }
+
+
 def _try_sample_grid(model: torch.nn.Module, schedule, path: Path, cfg: TrainConfig) -> None:
     """Save a sample grid; a failure is reported but never stops training (grids are a by-product)."""
     try:
@@ -345,5 +361,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 train_config=dataclasses.asdict(cfg),
                 final_loss=losses[-1][1] if losses else None,
             )
+            if cfg.init:  # steps, hardware and wall time above count this run only
+                meta["init"] = _init_provenance(cfg.init)
             export_weights(cfg.export, ema.model, cfg, meta)
     return TrainResult(step, losses, wall, stopped, out)

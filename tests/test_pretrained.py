@@ -118,6 +118,7 @@ def test_load_file_with_sha256(tmp_path, tiny_model):
         (lambda p, m: pretrained.load("cifar10"), ValueError),
         (lambda p, m: pretrained.card("nope"), ValueError),
         (lambda p, m: pretrained.load_file(p / "absent.safetensors"), FileNotFoundError),
+        (lambda p, m: pretrained.card_file(p / "absent.safetensors"), FileNotFoundError),
         (
             lambda p, m: pretrained.save(p / "a", torch.nn.Linear(2, 2), schedule=SCHEDULE),
             TypeError,

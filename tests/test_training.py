@@ -94,7 +94,7 @@ def test_time_limit_stops_cleanly_and_exports(tmp_path):
     ema = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["ema"]["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, ema[key]), key
-    meta = pretrained._decode(pretrained._metadata(tmp_path / "w.safetensors"))
+    meta = pretrained.card_file(tmp_path / "w.safetensors")
     assert meta["steps"] == 1 and meta["parameters"] == model.num_parameters()
 
 
@@ -111,6 +111,16 @@ def test_init_starts_from_exported_weights(tmp_path):
     got, _ = pretrained.load_file(second)
     for key, value in want.state_dict().items():
         assert torch.equal(value, got.state_dict()[key]), key
+    card = pretrained.card_file(second)  # steps count this run; "init" says where it started
+    assert card["steps"] == 0
+    assert card["init"] == {
+        "from": str(first),
+        "sha256": pretrained.sha256_file(first),
+        "steps": 2,
+        "batch_size": 8,
+        "hardware": pretrained.card_file(first)["hardware"],
+        "wall_time_s": pretrained.card_file(first)["wall_time_s"],
+    }
 
 
 def test_bad_init_raises(tmp_path):
