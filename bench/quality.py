@@ -19,6 +19,7 @@ Usage (repository root)::
     python bench/quality.py --n 2000 --device cuda --batch 1000 --out quality.md
     python bench/quality.py --weights-dir $OUT/weights ...   # freshly exported, no hash check
     python bench/quality.py --n 16 --batch 16 --device cpu --samplers ddim:10:0,dpm:10  # smoke test
+    python bench/quality.py --models mnist --samplers sde:20,sde:20:power   # another step grid
 
 Book: Evaluating samples; the model cards quote its output.
 """
@@ -46,19 +47,26 @@ from diffusion_tutorial.samplers import (  # noqa: E402
     ddpm_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
+    logsnr_timesteps,
+    power_timesteps,
+    uniform_timesteps,
 )
 from diffusion_tutorial.samplers.dpm_solver import ORDER3_MAX_STEP  # noqa: E402
+
+# Step grids an sde spec may name instead of the sampler's default: "sde:20:power".
+SPACINGS = {"logsnr": logsnr_timesteps, "power": power_timesteps, "uniform": uniform_timesteps}
 
 DEFAULT_SAMPLERS = "ddpm,ddim:10:0,ddim:20:0,ddim:50:0,ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1,dpm:10,dpm:20,sde:20"  # noqa: E501
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One sampler setting: ``kind`` in {"ddpm", "ddim", "dpm"}, its NFE and DDIM's eta."""
+    """One sampler setting: its kind, NFE, DDIM's eta and (sde only) a step grid from SPACINGS."""
 
     kind: str  # "ddpm", "ddim", "dpm" (DPM-Solver++) or "sde" (SDE-DPM-Solver++(2))
     steps: int | None  # None: DDPM with all T steps
     eta: float = 0.0
+    spacing: str | None = None  # None: the sampler's default grid
 
     @staticmethod
     def parse(text: str) -> SamplerSpec:
@@ -69,9 +77,11 @@ class SamplerSpec:
             return SamplerSpec("ddim", int(parts[1]), float(parts[2]))
         if parts[0] in ("dpm", "sde") and len(parts) == 2:
             return SamplerSpec(parts[0], int(parts[1]))
+        if parts[0] == "sde" and len(parts) == 3 and parts[2] in SPACINGS:
+            return SamplerSpec("sde", int(parts[1]), spacing=parts[2])
         raise argparse.ArgumentTypeError(
             f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA, dpm:STEPS (DPM-Solver++) or "
-            "sde:STEPS (SDE-DPM-Solver++)"
+            f"sde:STEPS[:SPACING] (SDE-DPM-Solver++; SPACING in {sorted(SPACINGS)})"
         )
 
     def label(self, schedule) -> str:
@@ -81,7 +91,8 @@ class SamplerSpec:
         if self.kind == "ddim":
             return f"DDIM {self.steps}, η={self.eta:g}"
         if self.kind == "sde":
-            return f"SDE-DPM-Solver++(2) {self.steps}"
+            grid = f", {self.spacing}_timesteps" if self.spacing else ""
+            return f"SDE-DPM-Solver++(2) {self.steps}{grid}"
         # The default grid is uniform in lambda: order 3 unless its steps exceed ORDER3_MAX_STEP.
         h = (schedule.lam[1] - schedule.lam[T]).item() / max(self.steps - 1, 1)
         return f"DPM-Solver++({3 if h <= ORDER3_MAX_STEP else 2}M) {self.steps}"
@@ -100,8 +111,15 @@ class SamplerSpec:
                 progress=False,
             )
         if self.kind == "sde":
+            grid = {"timesteps": SPACINGS[self.spacing]} if self.spacing else {}
             return dpm_solver_sde_sample(
-                model_fn, schedule, x_T, steps=self.steps, generator=generator, progress=False
+                model_fn,
+                schedule,
+                x_T,
+                steps=self.steps,
+                generator=generator,
+                progress=False,
+                **grid,
             )
         return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, progress=False)
 
