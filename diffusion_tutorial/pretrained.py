@@ -226,9 +226,7 @@ def load_file(
     path = Path(path)
     if sha256 is not None:
         _verify(path, sha256, str(path), "your own training command")
-    elif not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    meta = _decode(_metadata(path))
+    meta = card_file(path)
     if "unet_config" not in meta or "schedule" not in meta:
         raise ValueError(
             f"{path} has no 'unet_config'/'schedule' metadata: it was not written by "
@@ -282,7 +280,7 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]
 
 def card(name: str) -> dict[str, Any]:
     """The model card of a shipped checkpoint: its metadata, JSON-decoded (config, schedule, ...)."""
-    return _decode(_metadata(_verified_path(name)))
+    return card_file(_verified_path(name))
 
 
 def card_file(path: str | os.PathLike) -> dict[str, Any]:
