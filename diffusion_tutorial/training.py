@@ -295,6 +295,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         losses: list[tuple[int, float]] = []
         loss_sum = torch.zeros((), device=device)
+        logged_at = step  # the mean of a log row covers the steps since the last row (or resume)
         stopped = False
         model.train()
         while step < cfg.steps:
@@ -317,7 +318,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             step += 1
             loss_sum += loss.detach().float()
             if step % cfg.log_every == 0 or step == cfg.steps:
-                count = (step - 1) % cfg.log_every + 1
+                count, logged_at = step - logged_at, step
                 if distributed:
                     dist.all_reduce(loss_sum)
                     loss_sum /= world

@@ -75,6 +75,18 @@ def test_resume_gives_the_same_losses(tmp_path, make, conditional):
         assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
 
 
+def test_resume_between_log_rows_averages_only_the_steps_it_ran(tmp_path):
+    # Oracle: the per-step losses of an uninterrupted run (log_every=1). A run stopped at step 2
+    # and resumed with log_every=3 logs steps 1-2, then step 3 alone, then the mean of steps 4-6.
+    per_step = [v for _, v in train(toy_config(tmp_path / "whole")).losses]
+    train(toy_config(tmp_path / "split", steps=2, log_every=3))
+    resumed = train(toy_config(tmp_path / "split", log_every=3, resume=True))
+    assert resumed.losses == [
+        (3, pytest.approx(per_step[2])),
+        (6, pytest.approx(sum(per_step[3:6]) / 3)),
+    ]
+
+
 @needs_mnist
 @pytest.mark.slow
 def test_time_limit_stops_cleanly_and_exports(tmp_path):
