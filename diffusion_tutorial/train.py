@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         default=d.warmup_steps,
         help="linear learning-rate warm-up steps",
     )
+    p.add_argument(
+        "--lr-decay",
+        default=d.lr_decay,
+        choices=["none", "cosine"],
+        help="after warm-up: constant learning rate, or a half cosine down to 0 at --steps",
+    )
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay of the weights")
     p.add_argument(
@@ -148,6 +154,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         lr=a.lr,
         weight_decay=a.weight_decay,
         warmup_steps=a.warmup_steps,
+        lr_decay=a.lr_decay,
         grad_clip=a.grad_clip,
         ema_decay=a.ema_decay,
         schedule=a.schedule,

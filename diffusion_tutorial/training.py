@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 500  # linear learning-rate warm-up from 0
+    lr_decay: str = "none"  # after warm-up: "none" (constant) or "cosine" (to 0 at `steps`)
     grad_clip: float = 1.0  # max global gradient norm
     ema_decay: float = 0.999
     schedule: str = "linear"  # "linear" or "cosine"
@@ -145,6 +146,18 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)  # (n,)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based): a linear warm-up over
+    ``cfg.warmup_steps``, then constant, or with ``lr_decay="cosine"`` a half cosine from
+    ``cfg.lr`` towards 0 at ``cfg.steps``. A function of the step alone, so a resumed run
+    continues the same curve."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if cfg.lr_decay == "none" or step < cfg.warmup_steps:
+        return cfg.lr * warm
+    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)  # in [0, 1)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -252,6 +265,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     y_all = y_all.to(device) if y_all is not None else None
     if cfg.schedule not in ("linear", "cosine"):
         raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
+    if cfg.lr_decay not in ("none", "cosine"):
+        raise ValueError(f"lr_decay must be 'none' or 'cosine', got {cfg.lr_decay!r}")
     schedule = getattr(schedules, f"{cfg.schedule}_schedule")(cfg.T)
     with torch.random.fork_rng(devices=[]):  # weight init: seeded, same on every rank
         torch.manual_seed(cfg.seed)
@@ -302,8 +317,8 @@ def train(cfg: TrainConfig) -> TrainResult:
             idx = batch_indices(step, n, cfg.batch_size, cfg.seed)[rank::world].to(device)
             x_0 = x_all[idx]  # (B/world, ...)
             y = y_all[idx] if y_all is not None else None
-            for group in opt.param_groups:  # linear warm-up, then constant
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+            for group in opt.param_groups:  # linear warm-up, then constant or cosine decay
+                group["lr"] = learning_rate(cfg, step)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = simple_loss(
                     _loss_fn(model, cfg.p_uncond, y, null, gen), x_0, schedule, generator=gen

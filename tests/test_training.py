@@ -14,7 +14,13 @@ import torch
 
 from diffusion_tutorial import pretrained
 from diffusion_tutorial.train import parse_args
-from diffusion_tutorial.training import TrainConfig, _autocast_dtype, batch_indices, train
+from diffusion_tutorial.training import (
+    TrainConfig,
+    _autocast_dtype,
+    batch_indices,
+    learning_rate,
+    train,
+)
 
 from .conftest import ROOT, mnist_available
 
@@ -85,6 +91,25 @@ def test_resume_between_log_rows_averages_only_the_steps_it_ran(tmp_path):
         (3, pytest.approx(per_step[2])),
         (6, pytest.approx(sum(per_step[3:6]) / 3)),
     ]
+
+
+def test_cosine_lr_decay_warms_up_then_halves_at_midpoint_and_resumes_exactly(tmp_path):
+    cfg = TrainConfig(lr=1e-3, warmup_steps=4, steps=104, lr_decay="cosine")
+    lrs = [learning_rate(cfg, s) for s in range(cfg.steps)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])  # linear warm-up
+    assert lrs[4] == pytest.approx(1e-3) and lrs[54] == pytest.approx(5e-4)  # cos(0), cos(pi/2)
+    assert all(a > b for a, b in zip(lrs[4:-1], lrs[5:], strict=True)) and lrs[-1] > 0
+    assert learning_rate(TrainConfig(lr=1e-3, warmup_steps=4), 90) == 1e-3  # "none": constant
+    # A run logs the rate of each step it took, and a resumed run continues the same curve.
+    whole = train(toy_config(tmp_path / "whole", lr_decay="cosine"))
+    train(toy_config(tmp_path / "split", lr_decay="cosine", steps=3))
+    second = train(toy_config(tmp_path / "split", lr_decay="cosine", resume=True))
+    assert second.losses == whole.losses[3:]
+    cfg = toy_config(tmp_path, lr_decay="cosine")
+    rows = list(csv.DictReader((tmp_path / "split" / "loss.csv").open()))
+    assert [float(r["lr"]) for r in rows] == pytest.approx(
+        [learning_rate(cfg, int(r["step"]) - 1) for r in rows], rel=1e-3
+    )  # loss.csv keeps 4 significant digits
 
 
 @needs_mnist
@@ -173,6 +198,8 @@ def test_cli_arguments_map_to_the_config():
             "--resume",
             "--init",
             "mnist",
+            "--lr-decay",
+            "cosine",
         ]
     )
     assert (cfg.dataset, cfg.steps, cfg.batch_size, cfg.lr, cfg.schedule) == (
@@ -183,6 +210,7 @@ def test_cli_arguments_map_to_the_config():
         "cosine",
     )
     assert cfg.time_limit_min == 1.5 and cfg.out_dir == "x" and cfg.resume and cfg.init == "mnist"
+    assert cfg.lr_decay == "cosine" and parse_args([]).lr_decay == "none"
     assert "--steps 7" in cfg.command
 
 
@@ -198,6 +226,7 @@ def test_cli_help_documents_the_options(capsys):
         "--p-uncond",
         "--resume",
         "--init",
+        "--lr-decay",
         "--time-limit-min",
         "--sample-every",
         "torchrun",
@@ -212,6 +241,8 @@ def test_bad_settings_raise(tmp_path):
         train(toy_config(tmp_path, schedule="quadratic"))
     with pytest.raises(ValueError, match="precision"):
         train(toy_config(tmp_path, precision="fp8"))
+    with pytest.raises(ValueError, match="lr_decay must be 'none' or 'cosine'"):
+        train(toy_config(tmp_path, lr_decay="linear"))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
