@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from .data import TOY_DATASETS
-from .training import TrainConfig, train
+from .training import LR_DECAYS, TrainConfig, train
 from .unet import PRESETS
 
 __all__ = ["main", "parse_args"]
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument(
         "--lr-decay",
         default=d.lr_decay,
-        choices=["none", "cosine"],
+        choices=LR_DECAYS,
         help="after warm-up: constant learning rate, or a half cosine down to 0 at --steps",
     )
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm")

@@ -148,6 +148,9 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)  # (n,)
 
 
+LR_DECAYS = ("none", "cosine")  # TrainConfig.lr_decay and the CLI's --lr-decay choices
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based): a linear warm-up over
     ``cfg.warmup_steps``, then constant, or with ``lr_decay="cosine"`` a half cosine from
@@ -260,13 +263,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
 
+    if cfg.schedule not in ("linear", "cosine"):
+        raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
+    if cfg.lr_decay not in LR_DECAYS:
+        raise ValueError(f"lr_decay must be 'none' or 'cosine', got {cfg.lr_decay!r}")
     x_all, y_all = load_dataset(cfg)
     x_all = x_all.to(device)
     y_all = y_all.to(device) if y_all is not None else None
-    if cfg.schedule not in ("linear", "cosine"):
-        raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
-    if cfg.lr_decay not in ("none", "cosine"):
-        raise ValueError(f"lr_decay must be 'none' or 'cosine', got {cfg.lr_decay!r}")
     schedule = getattr(schedules, f"{cfg.schedule}_schedule")(cfg.T)
     with torch.random.fork_rng(devices=[]):  # weight init: seeded, same on every rank
         torch.manual_seed(cfg.seed)

@@ -105,10 +105,10 @@ def test_cosine_lr_decay_warms_up_then_halves_at_midpoint_and_resumes_exactly(tm
     train(toy_config(tmp_path / "split", lr_decay="cosine", steps=3))
     second = train(toy_config(tmp_path / "split", lr_decay="cosine", resume=True))
     assert second.losses == whole.losses[3:]
-    cfg = toy_config(tmp_path, lr_decay="cosine")
+    run = toy_config(tmp_path, lr_decay="cosine")
     rows = list(csv.DictReader((tmp_path / "split" / "loss.csv").open()))
     assert [float(r["lr"]) for r in rows] == pytest.approx(
-        [learning_rate(cfg, int(r["step"]) - 1) for r in rows], rel=1e-3
+        [learning_rate(run, int(r["step"]) - 1) for r in rows], rel=1e-3
     )  # loss.csv keeps 4 significant digits
 
 
