@@ -38,6 +38,7 @@ __all__ = [
     "card",
     "card_file",
     "weights_path",
+    "verified_path",
     "sha256_file",
 ]
 
@@ -252,7 +253,8 @@ def _entry(name: str) -> WeightsEntry:
     return REGISTRY[name]
 
 
-def _verified_path(name: str) -> Path:
+def verified_path(name: str) -> Path:
+    """The path of a shipped file (a model or "mnist-classifier"), after its SHA-256 check."""
     entry = _entry(name)
     path = weights_path(entry.filename)
     if entry.sha256 is None:
@@ -275,12 +277,12 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(REGISTRY)}")
-    return load_file(_verified_path(name), device=device)
+    return load_file(verified_path(name), device=device)
 
 
 def card(name: str) -> dict[str, Any]:
     """The model card of a shipped checkpoint: its metadata, JSON-decoded (config, schedule, ...)."""
-    return card_file(_verified_path(name))
+    return card_file(verified_path(name))
 
 
 def card_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -304,7 +306,7 @@ def load_classifier(
     from .mnist_classifier import ClassifierConfig, MNISTClassifier
 
     if path is None:
-        path = _verified_path("mnist-classifier")
+        path = verified_path("mnist-classifier")
     else:
         path = Path(path)
         if sha256 is not None:

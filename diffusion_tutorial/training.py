@@ -225,7 +225,7 @@ _PROVENANCE_KEYS = ("steps", "batch_size", "hardware", "wall_time_s", "init")
 def _init_provenance(init: str) -> dict[str, Any]:
     """Where ``--init`` weights came from, for the exported model card: the source, its SHA-256
     and how it was trained (its own ``init`` too, so a chain of fine-tunes stays traceable)."""
-    path = pretrained._verified_path(init) if init in pretrained.REGISTRY else Path(init)
+    path = pretrained.verified_path(init) if init in pretrained.REGISTRY else Path(init)
     meta = pretrained.card_file(path)
     return {
         "from": init,

@@ -80,6 +80,7 @@ def test_load_and_card_of_a_registered_checkpoint(shipped, tiny_model):
         assert torch.equal(a, b), name
     card = pretrained.card("mnist")
     assert card["steps"] == 7 and card["schedule"] == SCHEDULE
+    assert pretrained.verified_path("mnist") == shipped
     assert card["unet_config"]["base_channels"] == TINY.base_channels
 
 
@@ -91,6 +92,8 @@ def test_corrupted_file_is_refused_before_loading(shipped):
         pretrained.load("mnist")
     with pytest.raises(pretrained.ChecksumError):
         pretrained.card("mnist")
+    with pytest.raises(pretrained.ChecksumError):
+        pretrained.verified_path("mnist")
 
 
 def test_missing_file_gives_a_clear_error(shipped):
