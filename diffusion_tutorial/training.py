@@ -154,8 +154,9 @@ LR_DECAYS = ("none", "cosine")  # TrainConfig.lr_decay and the CLI's --lr-decay 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based): a linear warm-up over
     ``cfg.warmup_steps``, then constant, or with ``lr_decay="cosine"`` a half cosine from
-    ``cfg.lr`` towards 0 at ``cfg.steps``. A function of the step alone, so a resumed run
-    continues the same curve."""
+    ``cfg.lr`` towards 0 at ``cfg.steps`` (Loshchilov and Hutter 2017, SGDR, without restarts:
+    a run started with ``--init`` from its own output restarts the curve). A function of the
+    step alone, so a resumed run continues the same curve."""
     warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
     if cfg.lr_decay == "none" or step < cfg.warmup_steps:
         return cfg.lr * warm
