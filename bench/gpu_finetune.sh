@@ -34,10 +34,9 @@ log "steps=$STEPS batch=$BATCH lrs=$LRS n=$N device=$DEV"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | tee -a "$LOG"
 
 if [ -z "${DIFFUSION_TUTORIAL_DATA:-}" ]; then
-    mkdir -p "$WORK/data/MNIST/raw" "$WORK/x"
-    tar -xzf "${MNIST_TARBALL:-gpu_carry/mnist_raw.tar.gz}" -C "$WORK/x" || { log "FATAL: no MNIST"; exit 1; }
-    find "$WORK/x" -type f -exec cp {} "$WORK/data/MNIST/raw/" \;
-    export DIFFUSION_TUTORIAL_DATA="$WORK/data"
+    . bench/mnist_tarball.sh
+    unpack_mnist "${MNIST_TARBALL:-gpu_carry/mnist_raw.tar.gz}" "$WORK/data" \
+        || { log "FATAL: no MNIST"; exit 1; }
 fi
 
 quality() {  # name, weights dir: DDPM 1000 and SDE-DPM-Solver++(2) 20 on the power grid

@@ -46,21 +46,10 @@ else 'cpu')" 2>&1 | tee -a "$LOG"
 
 # ---- data: unpack the MNIST tarball into torchvision's layout <root>/MNIST/raw/ -----------------
 if [ -z "${DIFFUSION_TUTORIAL_DATA:-}" ]; then
-    TARBALL=${MNIST_TARBALL:-gpu_carry/mnist_raw.tar.gz}
-    mkdir -p "$WORK/extract" "$WORK/data/MNIST/raw"
-    if ! tar -xzf "$TARBALL" -C "$WORK/extract"; then
-        log "FATAL: cannot unpack $TARBALL"; exit 1
+    . bench/mnist_tarball.sh
+    if ! unpack_mnist "${MNIST_TARBALL:-gpu_carry/mnist_raw.tar.gz}" "$WORK/data"; then
+        log "FATAL: no MNIST"; exit 1
     fi
-    for name in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte \
-        t10k-labels-idx1-ubyte; do
-        f=$(find "$WORK/extract" -name "$name" -o -name "$name.gz" | head -n 1)
-        if [ -z "$f" ]; then log "FATAL: $name not found in $TARBALL"; exit 1; fi
-        case "$f" in
-            *.gz) gunzip -c "$f" >"$WORK/data/MNIST/raw/$name" ;;
-            *) cp "$f" "$WORK/data/MNIST/raw/$name" ;;
-        esac
-    done
-    export DIFFUSION_TUTORIAL_DATA="$WORK/data"
 fi
 log "MNIST from $DIFFUSION_TUTORIAL_DATA: $(ls "$DIFFUSION_TUTORIAL_DATA/MNIST/raw" | tr '\n' ' ')"
 
