@@ -38,9 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from diffusion_tutorial import metrics, pretrained  # noqa: E402
-from diffusion_tutorial.guidance import classifier_free_guidance  # noqa: E402
-from diffusion_tutorial.mnist_classifier import classifier_features  # noqa: E402
+from diffusion_tutorial import pretrained  # noqa: E402
+from diffusion_tutorial.evaluation import metrics  # noqa: E402
+from diffusion_tutorial.evaluation.classifier import classifier_features  # noqa: E402
+from diffusion_tutorial.networks.guidance import classifier_free_guidance  # noqa: E402
 from diffusion_tutorial.runtime import default_device  # noqa: E402
 from diffusion_tutorial.samplers import (  # noqa: E402
     ddim_sample,

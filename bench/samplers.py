@@ -31,7 +31,8 @@ import warnings
 
 import torch
 
-from diffusion_tutorial.gaussian import GaussianData
+from diffusion_tutorial.core.gaussian import GaussianData
+from diffusion_tutorial.core.schedules import linear_schedule
 from diffusion_tutorial.samplers import (
     clipped_logsnr_timesteps,
     ddim_sample,
@@ -44,7 +45,6 @@ from diffusion_tutorial.samplers import (
     quadratic_timesteps,
     uniform_timesteps,
 )
-from diffusion_tutorial.schedules import linear_schedule
 
 NFES = (10, 20, 50, 100)
 SPACINGS = {
@@ -275,11 +275,11 @@ def stochastic_table(schedule) -> None:
 def overhead_table(schedule) -> None:
     torch.manual_seed(0)
     try:
-        from diffusion_tutorial.unet import UNet, UNetConfig
+        from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
-        net, label = UNet(UNetConfig()), "diffusion_tutorial.unet.UNet(UNetConfig())"
+        net, label = UNet(UNetConfig()), "diffusion_tutorial.networks.unet.UNet(UNetConfig())"
     except Exception:
-        net, label = _stand_in_net(), "stand-in conv net (no diffusion_tutorial.unet yet)"
+        net, label = _stand_in_net(), "stand-in conv net (no diffusion_tutorial.networks.unet yet)"
     net.eval()
     n_params = sum(p.numel() for p in net.parameters())
     x = torch.randn(64, 1, 28, 28)

@@ -19,10 +19,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from diffusion_tutorial.guidance import classifier_free_guidance
+from diffusion_tutorial.core.schedules import linear_schedule
+from diffusion_tutorial.networks.guidance import classifier_free_guidance
+from diffusion_tutorial.networks.unet import PRESETS, UNet
 from diffusion_tutorial.samplers import dpm_solver_sample
-from diffusion_tutorial.schedules import linear_schedule
-from diffusion_tutorial.unet import PRESETS, UNet
 
 
 def best_time(fn: Callable[[], object], reps: int) -> float:

@@ -1,36 +1,30 @@
 """diffusion_tutorial: the package behind *Diffusion Models, Step by Step*.
 
-Import it as ``import diffusion_tutorial as dt``; each submodule is reachable as an attribute
-(``dt.schedules``, ``dt.samplers``, ...), and the most used functions are re-exported here.
-Every function's docstring names the chapter that derives it.
+Import it as ``import diffusion_tutorial as dt``. The folders are the layers of the package, each
+importing only from the ones above it in this list:
+
+- ``checks``, ``runtime``: argument checks, fast mode, device, progress bars;
+- ``background/``: Part 1 (Monte Carlo, Gaussians, KL, ELBO, a VAE);
+- ``core/``: Part 2's maths (schedules, forward process, parameterisations, losses);
+- ``samplers/``: DDPM, DDIM, DPM-Solver++ and the time grids they step on;
+- ``networks/``: the U-Net, the MLP and the classifier-free-guidance wrapper;
+- ``data``, ``plotting``: MNIST and 2-D toy data; figures and animations (matplotlib);
+- ``evaluation/``, ``pretrained``, ``training/``: the MNIST classifier and metrics, the shipped
+  checkpoints, and the training loop with its command line (``python -m diffusion_tutorial.train``).
+
+The most used functions are re-exported here; ``dt.plotting``, ``dt.pretrained``, ``dt.training``
+and ``dt.evaluation`` are imported on first use, so ``import diffusion_tutorial`` stays light and
+changes no matplotlib setting. Every function's docstring names the chapter that derives it.
 """
 
-from . import (
-    checks,
-    data,
-    forward,
-    gaussian,
-    guidance,
-    losses,
-    metrics,
-    parameterization,
-    plotting,
-    pretrained,
-    probability,
-    runtime,
-    samplers,
-    schedules,
-    training,
-    unet,
-    vae,
-)
-from .checks import expand_like
-from .data import data_root, mnist, toy_data
-from .forward import q_posterior, q_sample, q_step
-from .gaussian import GaussianData
-from .guidance import classifier_free_guidance
-from .losses import simple_loss, vlb_terms
-from .parameterization import (
+import importlib
+
+from diffusion_tutorial import background, checks, core, data, networks, runtime, samplers
+from diffusion_tutorial.checks import expand_like
+from diffusion_tutorial.core.forward import q_posterior, q_sample, q_step
+from diffusion_tutorial.core.gaussian import GaussianData
+from diffusion_tutorial.core.losses import simple_loss, vlb_terms
+from diffusion_tutorial.core.parameterization import (
     eps_from_score,
     eps_from_v,
     eps_from_x0,
@@ -40,8 +34,18 @@ from .parameterization import (
     x0_from_eps,
     x0_from_v,
 )
-from .runtime import default_device, fast_or_full, is_fast
-from .samplers import (
+from diffusion_tutorial.core.schedules import (
+    NoiseSchedule,
+    cosine_schedule,
+    linear_schedule,
+    scaled_linear_schedule,
+)
+from diffusion_tutorial.data import data_root, mnist, toy_data
+from diffusion_tutorial.networks.guidance import classifier_free_guidance
+from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
+from diffusion_tutorial.networks.unet import UNet, UNetConfig
+from diffusion_tutorial.runtime import default_device, fast_or_full, is_fast
+from diffusion_tutorial.samplers import (
     clipped_logsnr_timesteps,
     ddim_invert,
     ddim_sample,
@@ -54,36 +58,23 @@ from .samplers import (
     quadratic_timesteps,
     uniform_timesteps,
 )
-from .schedules import (
-    NoiseSchedule,
-    cosine_schedule,
-    linear_schedule,
-    scaled_linear_schedule,
-)
-from .unet import UNet, UNetConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    # submodules
+    # layers (subpackages and modules)
+    "background",
     "checks",
+    "core",
     "data",
-    "forward",
-    "gaussian",
-    "guidance",
-    "losses",
-    "metrics",
-    "parameterization",
+    "evaluation",
+    "networks",
     "plotting",
     "pretrained",
-    "probability",
     "runtime",
     "samplers",
-    "schedules",
     "training",
-    "unet",
-    "vae",
     # re-exports
     "expand_like",
     "data_root",
@@ -124,4 +115,21 @@ __all__ = [
     "scaled_linear_schedule",
     "UNet",
     "UNetConfig",
+    "MLPDenoiser",
+    "MLPConfig",
 ]
+
+_LAZY = {"plotting", "pretrained", "training", "evaluation"}
+
+
+def __getattr__(name: str):
+    """Import the heavier layers (matplotlib, safetensors, torch.distributed) on first use."""
+    if name in _LAZY:
+        module = importlib.import_module(f"diffusion_tutorial.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'diffusion_tutorial' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

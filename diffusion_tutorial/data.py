@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .checks import check_float_in_range, check_int_in_range, check_positive_int
+from diffusion_tutorial.checks import check_float_in_range, check_int_in_range, check_positive_int
 
 __all__ = [
     "DATA_ENV",

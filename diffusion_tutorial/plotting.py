@@ -8,15 +8,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from matplotlib import animation
 
-# An animation embedded with to_jshtml holds every frame; allow more than the 20 MB default.
-matplotlib.rcParams["animation.embed_limit"] = 64.0
+__all__ = [
+    "image_grid",
+    "show_images",
+    "scatter2d",
+    "animate_images",
+    "animate_points",
+    "animation_html",
+]
 
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from matplotlib import animation  # noqa: E402
+EMBED_LIMIT_MB = 64.0
+"""An embedded animation holds every frame: allow more than matplotlib's 20 MB default."""
 
-__all__ = ["image_grid", "show_images", "scatter2d", "animate_images", "animate_points"]
+
+def animation_html(anim: animation.Animation) -> str:
+    """The animation as self-contained HTML and JavaScript (``to_jshtml``), which also plays in the
+    static book. Display it with ``IPython.display.HTML(animation_html(anim))``. The larger embed
+    limit applies only inside this call; matplotlib's global settings are left as they were.
+    """
+    with matplotlib.rc_context({"animation.embed_limit": EMBED_LIMIT_MB}):
+        return anim.to_jshtml()
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> torch.Tensor:
@@ -82,8 +97,8 @@ def animate_images(
 ) -> animation.FuncAnimation:
     """Animate a sequence of image batches (each (B, C, H, W) in [-1, 1]) as a grid over time.
 
-    Display it in a notebook with ``IPython.display.HTML(anim.to_jshtml())``: the result is plain
-    HTML and JavaScript, so it also plays in the static book.
+    Display it in a notebook with ``IPython.display.HTML(animation_html(anim))``: the result is
+    plain HTML and JavaScript, so it also plays in the static book.
     """
     if len(frames) == 0:
         raise ValueError("frames must contain at least one batch of images")
@@ -109,7 +124,7 @@ def animate_points(
     lim: float = 2.0,
     interval: int = 120,
 ) -> animation.FuncAnimation:
-    """Animate a sequence of 2-D point clouds (each (n, 2)); display with ``to_jshtml`` as above."""
+    """Animate a sequence of 2-D point clouds (each (n, 2)); display with :func:`animation_html`."""
     if len(frames) == 0:
         raise ValueError("frames must contain at least one point cloud")
     fig, ax = plt.subplots(figsize=(3.5, 3.5))

@@ -25,6 +25,10 @@ from safetensors.torch import load_file as _st_load_file
 from safetensors.torch import save_file as _st_save_file
 from torch import nn
 
+from diffusion_tutorial.core import schedules
+from diffusion_tutorial.evaluation.classifier import ClassifierConfig, MNISTClassifier
+from diffusion_tutorial.networks.unet import UNet, UNetConfig
+
 __all__ = [
     "REGISTRY",
     "CLASSIFIER",
@@ -75,7 +79,7 @@ REGISTRY: dict[str, WeightsEntry] = {
 CLASSIFIER = WeightsEntry(
     filename="mnist_classifier.safetensors",
     sha256="50ce8d9e1c93b5853ab5c9f85ba766c3b5374ba968f8b35cd5163be203e1d390",
-    retrain="DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.mnist_classifier "
+    retrain="DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.evaluation.classifier_cli "
     "--out diffusion_tutorial/weights/mnist_classifier.safetensors",
 )
 _RESERVED = {"unet_config", "schedule", "classifier_config"}
@@ -168,8 +172,6 @@ def _check_schedule(schedule: object) -> None:
 
 def _build_schedule(spec: dict[str, Any]):
     """Re-create the noise schedule named in a checkpoint, e.g. ``linear_schedule(T=1000)``."""
-    from . import schedules
-
     _check_schedule(spec)
     return getattr(schedules, f"{spec['name']}_schedule")(spec["T"])
 
@@ -181,8 +183,6 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
 
 def _build_unet(config: dict[str, Any]) -> nn.Module:
     """Construct an untrained ``UNet(UNetConfig(**config))``."""
-    from .unet import UNet, UNetConfig
-
     return UNet(UNetConfig(**_tuples(config)))
 
 
@@ -302,8 +302,6 @@ def load_classifier(
     Without ``path``, the shipped file is loaded after checking its SHA-256 against
     :data:`CLASSIFIER`; with ``path``, it is verified only when ``sha256`` is given.
     """
-    from .mnist_classifier import ClassifierConfig, MNISTClassifier
-
     if path is None:
         path = verified_path("mnist-classifier")
     else:

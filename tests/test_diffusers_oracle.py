@@ -8,9 +8,13 @@ Index shift: diffusers' ``alphas_cumprod[k]`` is our ``alpha_bar[k + 1]``; its t
 import pytest
 import torch
 
-from diffusion_tutorial.gaussian import GaussianData
+from diffusion_tutorial.core.gaussian import GaussianData
+from diffusion_tutorial.core.schedules import (
+    cosine_schedule,
+    linear_schedule,
+    scaled_linear_schedule,
+)
 from diffusion_tutorial.samplers import ddim_sample, ddpm_sample, dpm_solver_sample
-from diffusion_tutorial.schedules import cosine_schedule, linear_schedule, scaled_linear_schedule
 
 diffusers = pytest.importorskip("diffusers")
 diffusers.utils.logging.set_verbosity_error()

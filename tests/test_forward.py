@@ -1,10 +1,10 @@
-"""Tests for diffusion_tutorial.forward: closed form vs composed kernels, posterior vs Bayes rule."""
+"""Tests for diffusion_tutorial.core.forward: closed form vs composed kernels, posterior vs Bayes rule."""
 
 import pytest
 import torch
 
-from diffusion_tutorial.forward import q_posterior, q_sample, q_step
-from diffusion_tutorial.schedules import cosine_schedule, linear_schedule
+from diffusion_tutorial.core.forward import q_posterior, q_sample, q_step
+from diffusion_tutorial.core.schedules import cosine_schedule, linear_schedule
 
 SCHED = linear_schedule(50, 2e-3, 0.2)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_tutorial.guidance import classifier_free_guidance
-from diffusion_tutorial.unet import UNet, UNetConfig
+from diffusion_tutorial.networks.guidance import classifier_free_guidance
+from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
 CFG = UNetConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10)
 

@@ -1,20 +1,20 @@
-"""Tests for diffusion_tutorial.losses: L_simple and the variational-bound terms."""
+"""Tests for diffusion_tutorial.core.losses: L_simple and the variational-bound terms."""
 
 import math
 
 import pytest
 import torch
 
-from diffusion_tutorial.forward import q_posterior, q_sample
-from diffusion_tutorial.gaussian import GaussianData
-from diffusion_tutorial.losses import (
+from diffusion_tutorial.core.forward import q_posterior, q_sample
+from diffusion_tutorial.core.gaussian import GaussianData
+from diffusion_tutorial.core.losses import (
     decoder_nll,
     prior_kl,
     simple_loss,
     vlb_term,
     vlb_terms,
 )
-from diffusion_tutorial.schedules import linear_schedule
+from diffusion_tutorial.core.schedules import linear_schedule
 
 SCHED = linear_schedule(100, 1e-3, 0.2)
 

@@ -1,4 +1,4 @@
-"""Tests for diffusion_tutorial.metrics and mnist_classifier: identities and closed forms."""
+"""Tests for diffusion_tutorial.evaluation.metrics and mnist_classifier: identities and closed forms."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from diffusion_tutorial import data, metrics
-from diffusion_tutorial.mnist_classifier import (
+from diffusion_tutorial import data
+from diffusion_tutorial.evaluation import metrics
+from diffusion_tutorial.evaluation.classifier import (
     MNISTClassifier,
     classifier_features,
     classifier_probs,

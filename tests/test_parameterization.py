@@ -1,12 +1,12 @@
-"""Tests for diffusion_tutorial.parameterization: every conversion inverts its partner exactly."""
+"""Tests for diffusion_tutorial.core.parameterization: every conversion inverts its partner exactly."""
 
 import pytest
 import torch
 
-import diffusion_tutorial.parameterization as P
-from diffusion_tutorial.forward import q_sample
-from diffusion_tutorial.gaussian import GaussianData
-from diffusion_tutorial.schedules import cosine_schedule
+import diffusion_tutorial.core.parameterization as P
+from diffusion_tutorial.core.forward import q_sample
+from diffusion_tutorial.core.gaussian import GaussianData
+from diffusion_tutorial.core.schedules import cosine_schedule
 
 SCHED = cosine_schedule(100)
 

@@ -28,7 +28,7 @@ def test_image_grid_rejects_wrong_shape():
 
 def test_animation_is_self_contained_html(generator):
     frames = [torch.rand(4, 1, 8, 8, generator=generator) * 2 - 1 for _ in range(3)]
-    html = plotting.animate_images(frames, nrow=2).to_jshtml()
+    html = plotting.animation_html(plotting.animate_images(frames, nrow=2))
     assert "<script" in html and "data:image/png;base64" in html  # frames embedded, no files
 
 

@@ -11,9 +11,9 @@ import torch
 from safetensors import safe_open
 
 from diffusion_tutorial import pretrained
-from diffusion_tutorial.mnist_classifier import MNISTClassifier
-from diffusion_tutorial.schedules import cosine_schedule, linear_schedule
-from diffusion_tutorial.unet import UNet, UNetConfig
+from diffusion_tutorial.core.schedules import cosine_schedule, linear_schedule
+from diffusion_tutorial.evaluation.classifier import MNISTClassifier
+from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2, T=50)
 SCHEDULE = {"name": "linear", "T": 50}

@@ -1,4 +1,4 @@
-"""Tests for diffusion_tutorial.probability: identities and oracles, not golden numbers."""
+"""Tests for diffusion_tutorial.background.probability: identities and oracles, not golden numbers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from diffusion_tutorial import probability as pr
+from diffusion_tutorial.background import probability as pr
 
 D = torch.float64
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from diffusion_tutorial.gaussian import GaussianData
+from diffusion_tutorial.core.gaussian import GaussianData
+from diffusion_tutorial.core.schedules import cosine_schedule, linear_schedule
 from diffusion_tutorial.samplers import (
     clipped_logsnr_timesteps,
     ddim_invert,
@@ -18,7 +19,6 @@ from diffusion_tutorial.samplers import (
     uniform_timesteps,
 )
 from diffusion_tutorial.samplers.timesteps import BURIED
-from diffusion_tutorial.schedules import cosine_schedule, linear_schedule
 
 SCHED = linear_schedule()
 DATA = GaussianData(torch.tensor([0.5, -0.3, 0.0, 0.2]), torch.tensor([0.1, 0.3, 0.6, 1.0]))

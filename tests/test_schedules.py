@@ -1,4 +1,4 @@
-"""Tests for diffusion_tutorial.schedules: book indexing, defining formulas, bad input."""
+"""Tests for diffusion_tutorial.core.schedules: book indexing, defining formulas, bad input."""
 
 import dataclasses
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from diffusion_tutorial.schedules import (
+from diffusion_tutorial.core.schedules import (
     NoiseSchedule,
     check_timesteps,
     cosine_schedule,

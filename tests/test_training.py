@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from diffusion_tutorial import pretrained
-from diffusion_tutorial.train import parse_args
-from diffusion_tutorial.training import (
+from diffusion_tutorial.training.cli import parse_args
+from diffusion_tutorial.training.loop import (
     TrainConfig,
     _autocast_dtype,
     batch_indices,

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion_tutorial.ema import EMA
-from diffusion_tutorial.mlp import MLPConfig, MLPDenoiser
-from diffusion_tutorial.unet import PRESETS, UNet, UNetConfig, sinusoidal_embedding
+from diffusion_tutorial.networks.embedding import sinusoidal_embedding
+from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
+from diffusion_tutorial.networks.unet import PRESETS, UNet, UNetConfig
+from diffusion_tutorial.training.ema import EMA
 
 TINY = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_heads=2)
 

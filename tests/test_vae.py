@@ -1,4 +1,4 @@
-"""Tests for diffusion_tutorial.vae: the exact linear-Gaussian model and the MNIST VAE (tiny)."""
+"""Tests for diffusion_tutorial.background.vae: the exact linear-Gaussian model and the MNIST VAE (tiny)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from diffusion_tutorial import probability as pr
-from diffusion_tutorial import vae as vae_mod
+from diffusion_tutorial.background import probability as pr
+from diffusion_tutorial.background import vae as vae_mod
 
 D = torch.float64
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 import torch
 
 from diffusion_tutorial.checks import check_finite, check_float_tensor, check_positive_int
-from diffusion_tutorial.parameterization import Model
+from diffusion_tutorial.core.parameterization import Model
+from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.runtime import tqdm
-from diffusion_tutorial.schedules import NoiseSchedule
 
 __all__ = [
     "Model",

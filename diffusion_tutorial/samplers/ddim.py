@@ -10,8 +10,9 @@ import math
 import torch
 
 from diffusion_tutorial.checks import check_float_in_range
-from diffusion_tutorial.forward import randn_like
-from diffusion_tutorial.parameterization import Model
+from diffusion_tutorial.core.forward import randn_like
+from diffusion_tutorial.core.parameterization import Model
+from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
     TimestepFn,
@@ -21,7 +22,6 @@ from diffusion_tutorial.samplers.common import (
     resolve_timesteps,
 )
 from diffusion_tutorial.samplers.timesteps import power_timesteps
-from diffusion_tutorial.schedules import NoiseSchedule
 
 __all__ = ["ddim_sample", "ddim_invert"]
 

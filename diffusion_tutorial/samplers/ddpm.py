@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_tutorial.forward import randn_like
-from diffusion_tutorial.parameterization import Model
+from diffusion_tutorial.core.forward import randn_like
+from diffusion_tutorial.core.parameterization import Model
+from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import Callback, check_start, predict, progress_bar
-from diffusion_tutorial.schedules import NoiseSchedule
 
 __all__ = ["ddpm_sample"]
 

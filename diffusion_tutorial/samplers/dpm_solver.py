@@ -36,7 +36,8 @@ import math
 import torch
 
 from diffusion_tutorial.checks import check_int_in_range
-from diffusion_tutorial.parameterization import Model
+from diffusion_tutorial.core.parameterization import Model
+from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
     TimestepFn,
@@ -46,7 +47,6 @@ from diffusion_tutorial.samplers.common import (
     resolve_timesteps,
 )
 from diffusion_tutorial.samplers.timesteps import logsnr_timesteps
-from diffusion_tutorial.schedules import NoiseSchedule
 
 __all__ = ["dpm_solver_sample", "exponential_integrals", "ORDER3_MAX_STEP"]
 

@@ -29,8 +29,9 @@ import math
 import torch
 
 from diffusion_tutorial.checks import check_int_in_range
-from diffusion_tutorial.forward import randn_like
-from diffusion_tutorial.parameterization import Model
+from diffusion_tutorial.core.forward import randn_like
+from diffusion_tutorial.core.parameterization import Model
+from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
     TimestepFn,
@@ -40,7 +41,6 @@ from diffusion_tutorial.samplers.common import (
     resolve_timesteps,
 )
 from diffusion_tutorial.samplers.timesteps import logsnr_timesteps
-from diffusion_tutorial.schedules import NoiseSchedule
 
 __all__ = ["dpm_solver_sde_sample"]
 

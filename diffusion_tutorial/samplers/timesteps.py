@@ -16,7 +16,7 @@ import math
 import torch
 
 from diffusion_tutorial.checks import check_float_in_range, check_int_in_range
-from diffusion_tutorial.schedules import NoiseSchedule
+from diffusion_tutorial.core.schedules import NoiseSchedule
 
 __all__ = [
     "power_timesteps",

@@ -1,7 +1,7 @@
 """A small MLP noise predictor for 2-D toy data: eps_hat = eps_theta(x_t, t), x_t of shape (B, D).
 
 Book: Diffusion on toy 2-D data. The U-Net's job for vectors: residual MLP blocks told the time
-through a sinusoidal embedding (the same embedding as :mod:`diffusion_tutorial.unet`).
+through a sinusoidal embedding (the same embedding as :mod:`diffusion_tutorial.networks.unet`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_positive_int
-from .unet import sinusoidal_embedding, validate_t, validate_y
+from diffusion_tutorial.checks import check_positive_int
+from diffusion_tutorial.networks.embedding import sinusoidal_embedding, validate_t, validate_y
 
 __all__ = ["MLPConfig", "MLPDenoiser"]
 

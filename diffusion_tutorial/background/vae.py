@@ -12,10 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion_tutorial.background.probability import (
+    elbo_gaussian_encoder,
+    gaussian_log_prob,
+    kl_diag_gaussian,
+)
+from diffusion_tutorial.checks import check_float_in_range, check_float_tensor, check_positive_int
 from diffusion_tutorial.runtime import tqdm
-
-from .checks import check_float_in_range, check_float_tensor, check_positive_int
-from .probability import elbo_gaussian_encoder, gaussian_log_prob, kl_diag_gaussian
 
 __all__ = [
     "LinearGaussianModel",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checks import check_float_in_range
+from diffusion_tutorial.checks import check_float_in_range
 
 __all__ = ["EMA"]
 

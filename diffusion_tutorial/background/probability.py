@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .checks import check_float_tensor, check_int_in_range, check_positive_int
+from diffusion_tutorial.checks import check_float_tensor, check_int_in_range, check_positive_int
 
 __all__ = [
     "MonteCarloEstimate",

@@ -24,14 +24,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from diffusion_tutorial.runtime import tqdm
-
-from . import pretrained, schedules
-from .ema import EMA
-from .losses import simple_loss
-from .mlp import MLPConfig, MLPDenoiser
-from .runtime import default_device
-from .training_io import (
+from diffusion_tutorial import data, pretrained
+from diffusion_tutorial.core import schedules
+from diffusion_tutorial.core.losses import simple_loss
+from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
+from diffusion_tutorial.networks.unet import PRESETS, UNet
+from diffusion_tutorial.runtime import default_device, tqdm
+from diffusion_tutorial.training.checkpoints import (
     LossLog,
     export_weights,
     hardware_name,
@@ -39,7 +38,7 @@ from .training_io import (
     save_checkpoint,
     save_sample_grid,
 )
-from .unet import PRESETS, UNet
+from diffusion_tutorial.training.ema import EMA
 
 __all__ = ["TrainConfig", "TrainResult", "train", "build_model", "load_dataset"]
 
@@ -92,8 +91,6 @@ class TrainResult:
 
 def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return (x (N, ...) float32, labels (N,) int64 or None) for ``cfg.dataset``, all in memory."""
-    from . import data
-
     if cfg.dataset == "mnist":
         return _mnist_train()  # (N, 1, 28, 28), (N,)
     if cfg.conditional:
@@ -104,8 +101,6 @@ def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 @functools.lru_cache(maxsize=1)
 def _mnist_train() -> tuple[torch.Tensor, torch.Tensor]:
-    from . import data
-
     ds = data.mnist(train=True)
     return ds.images, ds.labels.long()  # read once per process: repeated runs start faster
 

@@ -15,12 +15,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torchvision.utils import save_image
 
-from .schedules import NoiseSchedule
+from diffusion_tutorial import pretrained
+from diffusion_tutorial.core.schedules import NoiseSchedule
+from diffusion_tutorial.networks.guidance import classifier_free_guidance
+from diffusion_tutorial.networks.unet import UNet
+from diffusion_tutorial.samplers import dpm_solver_sample
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ema import EMA
-    from .training import TrainConfig
+    from diffusion_tutorial.training.ema import EMA
+    from diffusion_tutorial.training.loop import TrainConfig
 
 __all__ = [
     "LossLog",
@@ -141,11 +146,6 @@ def save_sample_grid(
     2-D histogram of 4,096 samples over [-3, 3]^2 as a grey-scale image. Uses its own generator
     (seeded by ``cfg.seed``), so sampling never disturbs the training random streams.
     """
-    from torchvision.utils import save_image
-
-    from .guidance import classifier_free_guidance
-    from .samplers import dpm_solver_sample
-
     device = next(model.parameters()).device
     g = torch.Generator(device="cpu").manual_seed(cfg.seed)
     conf = model.config
@@ -181,9 +181,6 @@ def hardware_name(device: torch.device, world: int = 1) -> str:
 
 def export_weights(path: str, model: nn.Module, cfg: TrainConfig, metadata: dict[str, Any]) -> None:
     """Write the EMA weights as safetensors with the model card metadata (``pretrained.save``)."""
-    from . import pretrained
-    from .unet import UNet
-
     if not isinstance(model, UNet):
         print(f"export skipped: {path} (pretrained.save handles U-Nets only)", flush=True)
         return

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from diffusion_tutorial.checks import check_float_tensor, check_same_shape, expand_like
-from diffusion_tutorial.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
 
 __all__ = ["randn_like", "q_sample", "q_step", "q_posterior"]
 

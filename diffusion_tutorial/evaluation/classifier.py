@@ -12,7 +12,7 @@ parameters) reach 99.15 % test accuracy after 3 epochs; the real-vs-real MNIST-F
 Train it (1,407 steps: ~25 s at the ~60 steps/s of an idle 2-core CPU; 477 s were measured
 on a heavily shared one) and write the shipped file::
 
-    DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.mnist_classifier \\
+    DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.evaluation.classifier_cli \\
         --out diffusion_tutorial/weights/mnist_classifier.safetensors
 
 Book: Evaluating samples (MNIST-FID).
@@ -20,16 +20,15 @@ Book: Evaluating samples (MNIST-FID).
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_float_tensor, check_positive_int
+from diffusion_tutorial.checks import check_float_tensor, check_positive_int
+from diffusion_tutorial.runtime import tqdm
 
 __all__ = [
     "ClassifierConfig",
@@ -38,7 +37,6 @@ __all__ = [
     "accuracy",
     "classifier_features",
     "classifier_probs",
-    "main",
 ]
 
 
@@ -152,8 +150,6 @@ def train_classifier(
     n = len(images)
     steps = epochs * math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    from diffusion_tutorial.runtime import tqdm
-
     bar = tqdm(total=steps, disable=not progress, desc="classifier")
     classifier.train()
     for _ in range(epochs):
@@ -173,49 +169,3 @@ def train_classifier(
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
     return classifier.eval()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: train the classifier on MNIST, report test accuracy and save it as safetensors."""
-    from . import pretrained
-    from .data import mnist
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default="mnist_classifier.safetensors", help="output .safetensors")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the 60,000 training images")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    train, test = mnist(train=True), mnist(train=False)
-    gen = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    clf = train_classifier(
-        train.images,
-        train.labels,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        generator=gen,
-    )
-    seconds = time.perf_counter() - start
-    acc = accuracy(clf, test.images, test.labels)
-    command = (
-        "python -m diffusion_tutorial.mnist_classifier "
-        f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} --seed {args.seed}"
-    )
-    path = pretrained.save_classifier(
-        args.out,
-        clf,
-        test_accuracy=acc,
-        train_seconds=round(seconds, 1),
-        train_command=command,
-        hardware=f"CPU, {torch.get_num_threads()} threads",
-        torch_version=torch.__version__,
-    )
-    print(f"test accuracy {acc:.4f}, trained in {seconds:.0f} s, saved {path}")
-    print(f"sha256 {pretrained.sha256_file(path)}")
-
-
-if __name__ == "__main__":
-    main()

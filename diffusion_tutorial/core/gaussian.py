@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from diffusion_tutorial.checks import check_float_tensor, expand_like
-from diffusion_tutorial.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
 
 __all__ = ["GaussianData"]
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import torch
 
+from diffusion_tutorial.background.probability import kl_gaussian
 from diffusion_tutorial.checks import check_float_tensor
-from diffusion_tutorial.forward import q_posterior, q_sample, randn_like
-from diffusion_tutorial.parameterization import Model, x0_from_eps
-from diffusion_tutorial.probability import kl_gaussian
-from diffusion_tutorial.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.core.forward import q_posterior, q_sample, randn_like
+from diffusion_tutorial.core.parameterization import Model, x0_from_eps
+from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
 
 __all__ = [
     "simple_loss",

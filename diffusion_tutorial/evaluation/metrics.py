@@ -6,7 +6,7 @@ differ; a number means little without it.
 
 MNIST-FID (own classifier features) is the Fréchet distance {cite}`heusel2017gans` between
 Gaussians fitted to the penultimate features of the book's own small MNIST classifier
-(:mod:`diffusion_tutorial.mnist_classifier`). It is **not comparable to Inception FID** values
+(:mod:`diffusion_tutorial.evaluation.classifier`). It is **not comparable to Inception FID** values
 published for other models and data sets.
 
 Book: Evaluating samples.
@@ -18,8 +18,14 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .checks import check_finite, check_float_in_range, check_float_tensor, check_positive_int
-from .mnist_classifier import accuracy, classifier_features, classifier_probs
+from diffusion_tutorial.checks import (
+    check_finite,
+    check_float_in_range,
+    check_float_tensor,
+    check_positive_int,
+)
+from diffusion_tutorial.data import mnist
+from diffusion_tutorial.evaluation.classifier import accuracy, classifier_features, classifier_probs
 
 __all__ = [
     "MNIST_FID_NAME",
@@ -243,8 +249,6 @@ def mnist_subset(
     n: int, *, train: bool, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random MNIST images (n, 1, 28, 28) in [-1, 1] and their labels, from train or test set."""
-    from .data import mnist
-
     ds = mnist(train=train)
     n = check_positive_int("n", n)
     if n > len(ds):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .checks import check_float_in_range
+from diffusion_tutorial.checks import check_float_in_range
 
 __all__ = ["classifier_free_guidance"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from diffusion_tutorial.checks import check_float_tensor, check_same_shape, expand_like
-from diffusion_tutorial.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
 
 __all__ = [
     "Model",

@@ -1,0 +1,1 @@
+"""Part 1 (Background): Monte Carlo estimates, Gaussians, KL divergences, ELBOs and a small VAE."""

@@ -1,0 +1,4 @@
+"""Evaluation: the MNIST classifier behind MNIST-FID, and sample-quality metrics.
+
+Book: Example: DDPM (measuring sample quality).
+"""
