@@ -20,6 +20,7 @@ __all__ = [
     "linear_schedule",
     "cosine_schedule",
     "scaled_linear_schedule",
+    "SCHEDULES",
     "check_timesteps",
 ]
 
@@ -179,6 +180,14 @@ def scaled_linear_schedule(
     _check_increasing_pair(beta_start, beta_end)
     root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64)
     return NoiseSchedule.from_betas(root**2)
+
+
+SCHEDULES = {
+    "linear": linear_schedule,
+    "cosine": cosine_schedule,
+    "scaled_linear": scaled_linear_schedule,
+}
+"""Name -> schedule function ``f(T) -> NoiseSchedule`` (checkpoints, the training CLI, pretrained)."""
 
 
 def check_timesteps(
