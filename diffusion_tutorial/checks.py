@@ -19,6 +19,7 @@ __all__ = [
     "check_finite",
     "check_same_shape",
     "check_time_indices",
+    "check_model_output",
 ]
 
 
@@ -88,6 +89,26 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} must be finite, but it contains NaN or inf")
     return x
+
+
+def check_model_output(eps_hat: object, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+    """Return the network's output ``eps_hat`` if it is a finite tensor shaped like ``x_t``, or raise.
+
+    One ``torch.isfinite(...).all()`` per model evaluation, so a NaN or inf from the network stops
+    the sampler (or the loss) at the step t where it appeared instead of travelling silently.
+    """
+    if not isinstance(eps_hat, torch.Tensor) or eps_hat.shape != x_t.shape:
+        shape = (
+            tuple(eps_hat.shape) if isinstance(eps_hat, torch.Tensor) else type(eps_hat).__name__
+        )
+        raise ValueError(
+            f"model(x_t, t) must return a tensor of shape {tuple(x_t.shape)}, got {shape}"
+        )
+    if not torch.isfinite(eps_hat).all():
+        if isinstance(t, torch.Tensor) and t.shape == eps_hat.shape[:1]:  # (B,): the bad rows' t
+            t = sorted(set(t[~torch.isfinite(eps_hat.reshape(len(t), -1)).all(1)].tolist()))
+        raise ValueError(f"the model output eps_hat contains NaN or inf at t={t}")
+    return eps_hat
 
 
 def check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
