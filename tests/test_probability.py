@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from diffusion_tutorial.background import probability as pr
+from diffusion_tutorial.background.selfcheck import check_close, check_estimate
 
 D = torch.float64
 
@@ -306,3 +307,82 @@ def test_elbo_bad_inputs() -> None:
         pr.elbo_gaussian_encoder(x, good, good, ll, n_samples=0)
     with pytest.raises(ValueError, match=r"\(S, B\)"):
         pr.elbo_gaussian_encoder(x, good, good, lambda x_, z: z.sum())
+
+
+# ----------------------------------------------------------------------------- self-check lines
+
+
+def test_check_estimate_passes_and_prints_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    est = pr.MonteCarloEstimate(torch.tensor(3.497), torch.tensor(0.006))
+    check_estimate("E[X]", est, 3.5)
+    assert capsys.readouterr().out == "✓ E[X] = 3.500, estimate 3.497 ± 0.006 (0.5 SE)\n"
+
+
+@pytest.mark.parametrize("value", [3.54, float("nan")])
+def test_check_estimate_fails_with_the_same_line(value: float) -> None:
+    # 3.54 is 6.7 SE from 3.5; NaN must never pass.
+    est = pr.MonteCarloEstimate(torch.tensor(value, dtype=D), torch.tensor(0.006, dtype=D))
+    with pytest.raises(AssertionError, match=r"^✗ E\[X\] = 3.500, estimate"):
+        check_estimate("E[X]", est, 3.5)
+
+
+def test_check_estimate_on_real_draws_detects_a_wrong_formula(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Var[mu + std * eps] = std^2: passes for the right value, fails for the classic bug std.
+    x = 2.0 + 0.5 * torch.randn(100_000, generator=gen(9), dtype=D)
+    check_estimate("Var[X]", pr.mc_variance(x), 0.25)
+    assert capsys.readouterr().out.startswith("✓ Var[X] = 0.250")
+    with pytest.raises(AssertionError, match="✗"):
+        check_estimate("Var[X]", pr.mc_variance(x), 0.5)
+
+
+def test_check_estimate_vector_reports_the_worst_entry(capsys: pytest.CaptureFixture[str]) -> None:
+    est = pr.MonteCarloEstimate(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.1]), torch.full((5,), 0.05))
+    check_estimate("means", est, torch.arange(5.0))
+    assert (
+        capsys.readouterr().out
+        == "✓ means: 5 estimates, the worst 2.0 SE from exact (limit 5 SE)\n"
+    )
+    with pytest.raises(AssertionError, match="the worst 2.0 SE"):
+        check_estimate("means", est, torch.arange(5.0), n_se=1.5)
+
+
+def test_check_close(capsys: pytest.CaptureFixture[str]) -> None:
+    check_close("integral", torch.tensor(1.0 + 3e-12, dtype=D), 1.0, atol=1e-9)
+    assert (
+        capsys.readouterr().out
+        == "✓ integral = 1.000000 (exact 1.000000, |error| 3.0e-12 ≤ 1e-09)\n"
+    )
+    with pytest.raises(AssertionError, match=r"^✗ integral .* > 1e-09"):
+        check_close("integral", torch.tensor(1.0 + 3e-9, dtype=D), 1.0, atol=1e-9)
+    with pytest.raises(AssertionError, match="✗"):
+        check_close("nan", torch.tensor(float("nan")), 1.0, atol=1.0)
+    check_close("vector", torch.ones(10) * 2, torch.full((10,), 2.0), rtol=1e-12)
+    assert "10 values" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "call,err",
+    [
+        (lambda: check_estimate("x", (1.0, 0.1), 1.0), TypeError),  # not a MonteCarloEstimate
+        (
+            lambda: check_estimate(
+                "x", pr.MonteCarloEstimate(torch.ones(1), torch.ones(1)), 1.0, n_se=0
+            ),
+            ValueError,
+        ),
+        (
+            lambda: check_estimate(
+                "x", pr.MonteCarloEstimate(torch.ones(2), torch.ones(2)), torch.ones(3)
+            ),
+            ValueError,
+        ),
+        (lambda: check_close("x", 1.0, 1.0), ValueError),  # no tolerance
+        (lambda: check_close("x", 1.0, 1.0, atol=-1.0), ValueError),
+        (lambda: check_close("x", "1.0", 1.0, atol=1.0), TypeError),
+    ],
+)
+def test_self_check_bad_input(call, err: type[Exception]) -> None:
+    with pytest.raises(err):
+        call()
