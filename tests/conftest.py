@@ -1,7 +1,8 @@
-"""Shared test settings: offline data root and a seeded generator."""
+"""Shared test settings: offline data root, torch threads, the oracle in CI, a seeded generator."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,7 +17,23 @@ _SHARED = ROOT.parent / "shared" / "data"
 if "DIFFUSION_TUTORIAL_DATA" not in os.environ and (_SHARED / "MNIST" / "raw").is_dir():
     os.environ["DIFFUSION_TUTORIAL_DATA"] = str(_SHARED)
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Under pytest-xdist (`make unit` runs -n 2) each worker gets one torch thread: two workers with two
+# threads each would oversubscribe two cores. A plain `pytest` run keeps up to two threads.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In CI the diffusers oracle must run: a missing `oracle` extra is an error, not a skip."""
+    if IN_CI and importlib.util.find_spec("diffusers") is None:
+        raise pytest.UsageError(
+            "CI=true but diffusers is not installed, so tests/test_diffusers_oracle.py would be "
+            "skipped; install the oracle extra (pip install -e '.[oracle]', as `make test` does)"
+        )
 
 
 @pytest.fixture

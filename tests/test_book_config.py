@@ -50,10 +50,24 @@ def test_every_notebook_is_in_the_toc():
 
 def test_execution_settings():
     execute = CONFIG["execute"]
+    # `make book` executes every notebook; `make test` builds from a cached copy of this config
+    # (scripts/execute_notebooks.py), never by changing it.
+    assert execute["execute_notebooks"] == "force"
     assert execute["timeout"] >= 600  # training cells in full mode take minutes
     assert execute["allow_errors"] is False
     assert CONFIG["only_build_toc_files"] is True
     assert CONFIG["sphinx"]["config"]["nb_merge_streams"] is True
+
+
+def test_exclude_patterns_name_paths_of_the_project():
+    """Every plain folder or file the build excludes belongs to the repository (no tool folders)."""
+    generated = {".venv", "_build"}  # created by `make`
+    for pattern in CONFIG["exclude_patterns"]:
+        if pattern in generated or any(ch in pattern for ch in "*?["):
+            continue
+        assert (ROOT / pattern).exists(), (
+            f"_config.yml excludes {pattern!r}, which is not in the repo"
+        )
 
 
 def test_mathjax_is_local():

@@ -2,19 +2,19 @@
 # Train the two shipped MNIST models (unconditional and class-conditional) at the same time on
 # ONE GPU, each for a wall-clock budget, then export their EMA weights with model-card metadata.
 #
-# Usage (repo root; MNIST comes as a tarball, outputs go under $OUT):
-#   OUT=/some/dir bash bench/gpu_train.sh
+# Usage (from the repository root, on a machine with a CUDA GPU; outputs go under $OUT):
+#   OUT=/some/dir bash scripts/gpu_train.sh
 # Environment overrides (for a quick CPU check use GPU_TRAIN_MINUTES=0.3 GPU_TRAIN_BATCH=32):
 #   GPU_TRAIN_MINUTES  time limit of each training run, minutes (default 4.5)
 #   GPU_TRAIN_STEPS    step cap (default 1000000: the time limit decides)
 #   GPU_TRAIN_BATCH    batch size (default 256)
 #   GPU_TRAIN_LR       learning rate (default 4e-4)
 #   GPU_TRAIN_SAMPLE_EVERY  sample-grid interval in steps (default 2000)
-#   MNIST_TARBALL      MNIST raw files as .tar.gz (default gpu_carry/mnist_raw.tar.gz);
-#                      ignored when DIFFUSION_TUTORIAL_DATA is already set
+#   MNIST_TARBALL      MNIST raw files as .tar.gz, unpacked into a scratch folder; without it
+#                      MNIST comes from the package's data root (DIFFUSION_TUTORIAL_DATA)
 #   PYTHON             interpreter (default python3)
 #
-# What comes back (at most 8 files, <= 2 folders deep, is what the device tool returns):
+# Outputs:
 #   $OUT/weights/mnist.safetensors, $OUT/weights/mnist-cond.safetensors   EMA weights + metadata
 #   $OUT/mnist_samples.png, $OUT/mnist-cond_samples.png                    final sample grids
 #   $OUT/results.tar.gz   logs, loss.csv curves, every sample grid, summary (no checkpoints)
@@ -45,13 +45,13 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 else 'cpu')" 2>&1 | tee -a "$LOG"
 
 # ---- data: unpack the MNIST tarball into torchvision's layout <root>/MNIST/raw/ -----------------
-if [ -z "${DIFFUSION_TUTORIAL_DATA:-}" ]; then
-    . bench/mnist_tarball.sh
-    if ! unpack_mnist "${MNIST_TARBALL:-gpu_carry/mnist_raw.tar.gz}" "$WORK/data"; then
+if [ -n "${MNIST_TARBALL:-}" ]; then
+    . scripts/mnist_tarball.sh
+    if ! unpack_mnist "$MNIST_TARBALL" "$WORK/data"; then
         log "FATAL: no MNIST"; exit 1
     fi
 fi
-log "MNIST from $DIFFUSION_TUTORIAL_DATA: $(ls "$DIFFUSION_TUTORIAL_DATA/MNIST/raw" | tr '\n' ' ')"
+log "MNIST from ${DIFFUSION_TUTORIAL_DATA:-the default data root (~/.cache/diffusion_tutorial)}"
 
 # ---- train both models concurrently ----------------------------------------------------------
 COMMON=(--dataset mnist --model mnist --steps "$STEPS" --batch-size "$BATCH" --lr "$LR"
@@ -103,7 +103,7 @@ for path in sorted(glob.glob(__import__("os").environ["OUT"] + "/weights/*.safet
     print(path.rsplit("/", 1)[-1], {k: json.loads(meta[k]) for k in keep if k in meta})
 EOF
 
-# ==== QUALITY BENCH (bench/quality.py) on the freshly exported weights ===========================
+# ---- quality bench (bench/quality.py) on the freshly exported weights ------------------------
 # 2,000 samples per sampler; rows are logged as they finish, so a time-out still leaves results.
 QUALITY_SECONDS=${GPU_QUALITY_SECONDS:-220}
 log "quality bench (at most ${QUALITY_SECONDS} s)"
@@ -111,7 +111,6 @@ timeout "$QUALITY_SECONDS" "$PY" bench/quality.py --n "${GPU_QUALITY_N:-2000}" -
     --batch "${GPU_QUALITY_N:-2000}" --weights-dir "$OUT/weights" --guidance 3 \
     --extra-guidance 0,1 --extra-samplers dpm:20 --out "$OUT/quality.md" \
     >"$OUT/quality.log" 2>&1 || log "quality bench ended with status $? (see quality.log)"
-# ==== END HOOK ===================================================================================
 
 # ---- pack logs, loss curves and sample grids (no checkpoints: they are large) ----------------
 mkdir -p "$WORK/results"

@@ -1,4 +1,5 @@
-# Sourced by the GPU scripts in bench/: unpack MNIST from a tarball into torchvision's layout.
+# Sourced by scripts/gpu_train.sh and scripts/gpu_finetune.sh: unpack MNIST from a tarball into
+# torchvision's layout.
 # unpack_mnist TARBALL ROOT: finds the four idx files (plain or .gz) anywhere in TARBALL, writes
 # them to ROOT/MNIST/raw/ and exports DIFFUSION_TUTORIAL_DATA=ROOT; returns 1 (and says which
 # file) when one is missing.

@@ -5,12 +5,12 @@
 # It trained stage 3 of the shipped `mnist`; stage 4 ran its train command once more, with
 # --init <stage 3's file> --seed 1 (book/model_cards.md gives both commands and the results).
 #
-# Usage (repo root; MNIST comes as a tarball, outputs go under $OUT):
-#   OUT=/some/dir bash bench/gpu_finetune.sh
+# Usage (from the repository root, on a machine with a CUDA GPU; outputs go under $OUT):
+#   OUT=/some/dir bash scripts/gpu_finetune.sh
 # Environment overrides (a CPU smoke test: FT_STEPS=4 FT_BATCH=8 FT_N=16 FT_DEVICE=cpu):
 #   FT_STEPS (3000)  FT_BATCH (512)  FT_LRS ("2e-4 4e-4")  FT_MINUTES (5, a safety cap per run)
 #   FT_N (2000 samples per quality row)  FT_DEVICE (cuda)  FT_QUALITY_SECONDS (160 per model)
-#   MNIST_TARBALL (gpu_carry/mnist_raw.tar.gz; ignored when DIFFUSION_TUTORIAL_DATA is set)
+#   MNIST_TARBALL (MNIST raw files as .tar.gz; without it, the package's data root is used)
 # What comes back: $OUT/lr<LR>.safetensors per candidate, $OUT/results.tar.gz (training logs,
 # loss.csv, quality tables), $OUT/run.log.
 set -u
@@ -33,10 +33,9 @@ log() { echo "[gpu_finetune $(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 log "steps=$STEPS batch=$BATCH lrs=$LRS n=$N device=$DEV"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | tee -a "$LOG"
 
-if [ -z "${DIFFUSION_TUTORIAL_DATA:-}" ]; then
-    . bench/mnist_tarball.sh
-    unpack_mnist "${MNIST_TARBALL:-gpu_carry/mnist_raw.tar.gz}" "$WORK/data" \
-        || { log "FATAL: no MNIST"; exit 1; }
+if [ -n "${MNIST_TARBALL:-}" ]; then
+    . scripts/mnist_tarball.sh
+    unpack_mnist "$MNIST_TARBALL" "$WORK/data" || { log "FATAL: no MNIST"; exit 1; }
 fi
 
 quality() {  # name, weights dir: DDPM 1000 and SDE-DPM-Solver++(2) 20 on the power grid
