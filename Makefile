@@ -77,15 +77,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Unit tests in fast mode, $(JOBS) processes (one torch thread each, see tests/conftest.py);
+# Unit tests in fast mode, $(JOBS) processes (one torch thread each, see tests/conftest.py) that
+# steal work from each other, so one long test file does not leave a core idle;
 # prints the 15 slowest tests and the total.
 unit: $(ORACLE)
-	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 $(BIN)/pytest -n $(JOBS) --dist loadfile \
+	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 $(BIN)/pytest -n $(JOBS) --dist worksteal \
 		--durations=15 --ignore=tests/test_browser.py tests \
 		&& echo "TIME unit tests: $$(( $$(date +%s) - t0 )) s"
 
 quick: $(ORACLE)
-	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 $(BIN)/pytest -n $(JOBS) --dist loadfile \
+	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 $(BIN)/pytest -n $(JOBS) --dist worksteal \
 		--durations=15 -m "not slow" --ignore=tests/test_browser.py tests \
 		&& echo "TIME unit tests without slow: $$(( $$(date +%s) - t0 )) s"
 
