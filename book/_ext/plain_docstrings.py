@@ -1,0 +1,49 @@
+"""Sphinx extension: show the package's docstrings as preformatted plain text in the API reference.
+
+The docstrings of ``diffusion_tutorial`` are written for ``help()`` in a notebook: plain text
+with formulas laid out over several lines, such as ``x_s = sqrt(alpha_bar_s) x0_hat + ...``.
+Parsed as reStructuredText, their ``*``, ``|`` and trailing ``_`` become markup and their
+indented formula lines become definition lists, so the page would garble the maths (or the
+``-W`` build would fail). This extension turns each docstring into a ``text`` code block before
+Sphinx parses it, so the reader sees exactly what ``help()`` prints, with two simplifications
+that ``help()`` readers do in their head: ````x```` becomes ``x``, and a role such as
+``:func:`~pkg.mod.f``` becomes ``f``.
+"""
+
+from __future__ import annotations
+
+import re
+
+_ROLE = re.compile(r":[a-z]+:`(~?)([^`<]*?)(?:\s*<([^>]*)>)?`")
+_CITE = re.compile(r"\{cite\}`([^`]*)`")
+_LITERAL = re.compile(r"``(.+?)``")
+
+
+def _plain(line: str) -> str:
+    """One docstring line without reStructuredText roles, citations and literal markup."""
+
+    def role(m: re.Match) -> str:
+        tilde, title, target = m.groups()
+        text = target or title
+        return text.rsplit(".", 1)[-1] if tilde else text
+
+    line = _CITE.sub(
+        lambda m: "[" + ", ".join(k.strip() for k in m.group(1).split(",")) + "]", line
+    )
+    line = _ROLE.sub(role, line)
+    return _LITERAL.sub(r"\1", line)
+
+
+def preformat(app, what, name, obj, options, lines: list[str]) -> None:
+    """``autodoc-process-docstring`` handler: replace ``lines`` in place by one text block."""
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        return
+    body = ["   " + _plain(line) if line.strip() else "" for line in lines]
+    lines[:] = [".. code-block:: text", ""] + body + [""]
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", preformat)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
