@@ -19,6 +19,8 @@ __all__ = [
     "check_finite",
     "check_same_shape",
     "check_time_indices",
+    "check_values_in",
+    "check_labels",
     "check_model_output",
 ]
 
@@ -131,19 +133,23 @@ def check_time_indices(
 ) -> torch.Tensor:
     """Return book time indices ``t`` as an int64 tensor (batch,) on ``device``, or raise.
 
-    An int is broadcast to the batch; a float or bool tensor is a ``TypeError``; a wrong shape or
-    (unless ``check_values=False``, which avoids waiting for a GPU) a value outside low..high is a
-    ``ValueError``. The one time-index check behind ``schedules.check_timesteps`` and the models.
+    The package's one time-index check (losses, forward process, parameterisations, networks).
+    An int or a 0-d integer tensor is broadcast to the batch; a float, complex or bool value is a
+    ``TypeError``; a wrong shape or (unless ``check_values=False``, which avoids waiting for a
+    GPU) a value outside low..high is a ``ValueError``.
     """
+    expected = f"an int or an integer tensor of shape ({batch},) holding book indices {low}..{high}"
     if isinstance(t, bool):
-        raise TypeError(f"{name} must be an int or an integer tensor of shape ({batch},), got bool")
+        raise TypeError(f"{name} must be {expected}, got bool")
     if isinstance(t, int):
         t = torch.full((batch,), t, dtype=torch.int64, device=device)
-    if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise TypeError(
-            f"{name} must be an int or an integer tensor of shape ({batch},), got {t!r:.60}"
-        )
-    if t.is_complex() or t.shape != (batch,):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be {expected}, got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be {expected}, got a {t.dtype} tensor")
+    if t.ndim == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
         raise ValueError(
             f"{name} must have shape ({batch},) (one time per example), got {tuple(t.shape)}"
         )
@@ -152,3 +158,55 @@ def check_time_indices(
             f"{name} must be in {low}..{high}, got values in {int(t.min())}..{int(t.max())}"
         )
     return t.to(device=device, dtype=torch.int64)
+
+
+def check_values_in(
+    name: str, x: torch.Tensor, low: float, high: float, *, tol: float = 0.0
+) -> torch.Tensor:
+    """Raise ``ValueError`` unless every value of ``x`` is finite and in [low - tol, high + tol].
+
+    NaN fails the check (a plain ``x.min() < low`` test would let it through).
+    """
+    if x.numel() and not (
+        torch.isfinite(x).all() and x.min() >= low - tol and x.max() <= high + tol
+    ):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{name} must be finite and in [{low:g}, {high:g}], got NaN or inf")
+        raise ValueError(
+            f"{name} must lie in [{low:g}, {high:g}] (tolerance {tol:g}), got values in "
+            f"[{x.min().item():.4g}, {x.max().item():.4g}]"
+        )
+    return x
+
+
+def check_labels(
+    name: str,
+    y: object,
+    batch: int | None,
+    high: int,
+    device: torch.device | None = None,
+    *,
+    check_values: bool = True,
+) -> torch.Tensor:
+    """Return class labels as an int64 tensor (batch,) with values in 0..high, or raise.
+
+    ``None``, floats and bools are a ``TypeError`` (a bool tensor is not a label); a wrong shape
+    or (unless ``check_values=False``) a value outside 0..high is a ``ValueError``.
+    ``batch=None`` accepts any length.
+    """
+    shape = f"({batch},)" if batch is not None else "(B,)"
+    expected = f"an integer tensor of shape {shape} with class labels in 0..{high}"
+    if not isinstance(y, torch.Tensor):
+        if y is None or isinstance(y, bool) or not isinstance(y, (list, tuple)):
+            raise TypeError(f"{name} must be {expected}, got {type(y).__name__}")
+        y = torch.as_tensor(y)
+    if y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must be {expected}, got a {y.dtype} tensor")
+    if y.ndim != 1 or (batch is not None and y.shape[0] != batch):
+        raise ValueError(f"{name} must be {expected}, got shape {tuple(y.shape)}")
+    if check_values and y.numel() and (int(y.min()) < 0 or int(y.max()) > high):
+        raise ValueError(
+            f"{name} must hold class labels in 0..{high}, got values in "
+            f"{int(y.min())}..{int(y.max())}"
+        )
+    return y.to(device=device if device is not None else y.device, dtype=torch.int64)

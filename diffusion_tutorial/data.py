@@ -16,6 +16,7 @@ from diffusion_tutorial.checks import check_float_in_range, check_int_in_range, 
 
 __all__ = [
     "DATA_ENV",
+    "MNIST_FILE_SIZES",
     "data_root",
     "mnist",
     "swiss_roll",
@@ -64,6 +65,34 @@ class _Scaled(Dataset):
         return self.images[i], int(self.labels[i])
 
 
+MNIST_FILE_SIZES = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
+"""Byte size of each uncompressed MNIST file (a 16- or 8-byte header, then one byte per pixel/label)."""
+
+
+def _check_mnist_files(raw: Path) -> bool:
+    """True when the four MNIST files are in ``raw`` with the right sizes; False when some are absent.
+
+    Raises ``RuntimeError`` naming the file when one is present but truncated or corrupt (a wrong
+    size): torchvision would otherwise fail to parse it or try to download over it.
+    """
+    names = list(MNIST_FILE_SIZES)  # torchvision reads both splits' files to find either
+    present = [n for n in names if (raw / n).is_file()]
+    for name in present:
+        size = (raw / name).stat().st_size
+        if size != MNIST_FILE_SIZES[name]:
+            raise RuntimeError(
+                f"the MNIST file {raw / name} is truncated or corrupt: {size:,} bytes instead of "
+                f"{MNIST_FILE_SIZES[name]:,}. Delete it and run again to download it, or copy a "
+                f"complete file there."
+            )
+    return len(present) == len(names)
+
+
 def mnist(train: bool = True, root: str | os.PathLike | None = None) -> Dataset:
     """MNIST {cite}`lecun1998gradient` as a Dataset of ``(image, label)``, images in [-1, 1].
 
@@ -72,16 +101,27 @@ def mnist(train: bool = True, root: str | os.PathLike | None = None) -> Dataset:
     as one (N, 1, 28, 28) tensor and ``dataset.labels`` the labels, for fast batching.
 
     Looks in ``root`` (default :func:`data_root`) for torchvision's layout ``MNIST/raw/``; when the
-    files are missing, torchvision downloads them there.
+    files are missing, torchvision downloads them there. A truncated or corrupt file is reported
+    as such, with its path (not as "not found").
     """
     from torchvision.datasets import MNIST
 
     root = Path(root) if root is not None else data_root()
+    raw = root / "MNIST" / "raw"
+    if _check_mnist_files(raw):
+        try:
+            base = MNIST(str(root), train=train, download=False)
+        except Exception as err:  # right sizes but unreadable: a corrupt header
+            raise RuntimeError(
+                f"the MNIST files in {raw} are corrupt ({type(err).__name__}: {err}); delete "
+                f"them and run again to download them"
+            ) from err
+        return _Scaled(base)
     try:
         base = MNIST(str(root), train=train, download=True)
     except Exception as err:  # download failed: offline machine or blocked mirror
         raise RuntimeError(
-            f"MNIST was not found under {root / 'MNIST' / 'raw'} and could not be downloaded "
+            f"MNIST was not found under {raw} and could not be downloaded "
             f"({type(err).__name__}: {err}). Put the four MNIST files (train-images-idx3-ubyte, ...) "
             f"in <folder>/MNIST/raw/ and set the environment variable {DATA_ENV}=<folder>, "
             f"or connect to the internet and run again."

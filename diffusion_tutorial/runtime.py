@@ -21,7 +21,7 @@ FAST_ENV = "DIFFUSION_TUTORIAL_FAST"
 TEXT_PROGRESS_ENV = "DIFFUSION_TUTORIAL_TEXT_PROGRESS"
 """Set to 1 (the book build does) for plain-text progress bars instead of Jupyter widgets."""
 
-T = TypeVar("T")
+V = TypeVar("V")  # any value type (not the book's T, the number of steps)
 
 
 def is_fast() -> bool:
@@ -33,7 +33,7 @@ def is_fast() -> bool:
     return os.environ.get(FAST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def fast_or_full(fast: T, full: T) -> T:
+def fast_or_full(fast: V, full: V) -> V:
     """Return ``fast`` in fast mode and ``full`` otherwise: ``steps = fast_or_full(200, 5000)``."""
     return fast if is_fast() else full
 

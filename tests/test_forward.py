@@ -13,7 +13,7 @@ def test_q_sample_t0_is_identity_and_matches_formula():
     x0 = torch.randn(4, 3, dtype=torch.float64)
     eps = torch.randn(4, 3, dtype=torch.float64)
     t = torch.tensor([0, 1, 25, 50])
-    x_t = q_sample(x0, t, SCHED, noise=eps)
+    x_t = q_sample(x0, t, SCHED, eps=eps)
     assert torch.equal(x_t[0], x0[0])
     ab = SCHED.alpha_bar[t][:, None]
     torch.testing.assert_close(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, rtol=0, atol=1e-14)
@@ -26,13 +26,13 @@ def test_closed_form_equals_composed_kernels_exactly(schedule):
     mean, var = x0.clone(), torch.zeros(1, 1, dtype=torch.float64)
     zero, one = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
     for t in range(1, schedule.T + 1):
-        mean = q_step(mean, t, schedule, noise=zero)  # sqrt(alpha_t) * mean
-        gain = q_step(one, t, schedule, noise=zero)  # sqrt(alpha_t)
-        noise_std = q_step(zero, t, schedule, noise=one)  # sqrt(beta_t)
+        mean = q_step(mean, t, schedule, eps=zero)  # sqrt(alpha_t) * mean
+        gain = q_step(one, t, schedule, eps=zero)  # sqrt(alpha_t)
+        noise_std = q_step(zero, t, schedule, eps=one)  # sqrt(beta_t)
         var = gain**2 * var + noise_std**2
         # Closed form at every t; float64 products agree to ~1e-15, 1e-12 leaves room.
-        closed_mean = q_sample(x0, t, schedule, noise=zero)
-        closed_std = q_sample(zero, t, schedule, noise=one)
+        closed_mean = q_sample(x0, t, schedule, eps=zero)
+        closed_std = q_sample(zero, t, schedule, eps=one)
         torch.testing.assert_close(mean, closed_mean, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(var, closed_std**2, rtol=1e-12, atol=1e-12)
 
@@ -98,9 +98,7 @@ def test_dtype_follows_input_and_generator_reproducible(dtype):
         (lambda: q_sample(torch.zeros(2, 3), torch.tensor([-1, 1]), SCHED), ValueError),
         (lambda: q_sample(torch.zeros(2, 3), torch.tensor([1]), SCHED), ValueError),
         (
-            lambda: q_sample(
-                torch.zeros(2, 3), torch.tensor([1, 2]), SCHED, noise=torch.zeros(2, 4)
-            ),
+            lambda: q_sample(torch.zeros(2, 3), torch.tensor([1, 2]), SCHED, eps=torch.zeros(2, 4)),
             ValueError,
         ),
         (lambda: q_step(torch.zeros(2, 3), torch.tensor([0, 1]), SCHED), ValueError),

@@ -8,7 +8,16 @@ import torch
 from diffusion_tutorial.networks.guidance import classifier_free_guidance
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
-CFG = UNetConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_classes=10)
+# Guidance is plumbing around the network: an 8x8 U-Net with 8 channels tests it as well as 28x28.
+CFG = UNetConfig(
+    image_size=8,
+    base_channels=8,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    num_heads=2,
+    groups=4,
+    num_classes=10,
+)
 
 
 @pytest.fixture
@@ -22,7 +31,7 @@ def model(generator) -> UNet:
 
 @pytest.fixture
 def inputs(generator):
-    return torch.randn(3, 1, 28, 28, generator=generator), torch.tensor([5, 500, 900])
+    return torch.randn(3, 1, 8, 8, generator=generator), torch.tensor([5, 500, 900])
 
 
 # Tolerance 1e-5: the batched (2B) pass may sum convolutions in another order than two B passes.
@@ -61,7 +70,9 @@ def test_one_batched_forward_pass(model, inputs):
 def test_bad_arguments(model):
     with pytest.raises(ValueError, match="conditional model"):
         classifier_free_guidance(
-            UNet(UNetConfig(base_channels=16, channel_mults=(1,))), torch.tensor([0]), 2.0
+            UNet(UNetConfig(image_size=8, base_channels=8, channel_mults=(1,), groups=4)),
+            torch.tensor([0]),
+            2.0,
         )
     with pytest.raises(ValueError, match="0..9"):
         classifier_free_guidance(model, torch.tensor([10]), 2.0)
@@ -69,4 +80,26 @@ def test_bad_arguments(model):
         classifier_free_guidance(model, torch.tensor([1]), -1.0)
     guided = classifier_free_guidance(model, torch.tensor([1, 2]), 2.0)
     with pytest.raises(ValueError, match="batch"):
-        guided(torch.zeros(3, 1, 28, 28), torch.tensor([1, 2, 3]))
+        guided(torch.zeros(3, 1, 8, 8), torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize(
+    ("y", "error", "match"),
+    [
+        (None, TypeError, "y must be an integer tensor"),  # was "Could not infer dtype"
+        (torch.tensor([True, False]), TypeError, "bool"),
+        (torch.tensor([1.0, 2.0]), TypeError, "float"),
+        (torch.tensor([[1, 2]]), ValueError, "shape"),
+        (torch.tensor([-1, 2]), ValueError, "0..9"),
+    ],
+)
+def test_bad_labels_raise_a_clear_error(model, y, error, match):
+    with pytest.raises(error, match=match):
+        classifier_free_guidance(model, y, 2.0)
+
+
+def test_scalar_time_is_broadcast_to_both_halves(model, inputs):
+    x_t, _ = inputs
+    y = torch.tensor([1, 2, 3])
+    guided = classifier_free_guidance(model, y, 2.0)
+    torch.testing.assert_close(guided(x_t, 40), guided(x_t, torch.full((3,), 40)), **TOL)

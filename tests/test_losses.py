@@ -69,7 +69,7 @@ def test_vlb_term_is_zero_for_a_perfect_model():
     """A model that returns the very noise used makes x0_hat = x_0, so the KL is exactly 0."""
     x0 = torch.randn(4, 3, dtype=torch.float64)
     eps = torch.randn(4, 3, dtype=torch.float64)
-    out = vlb_term(lambda x_t, t: eps, x0, torch.tensor([2, 10, 50, 100]), SCHED, noise=eps)
+    out = vlb_term(lambda x_t, t: eps, x0, torch.tensor([2, 10, 50, 100]), SCHED, eps=eps)
     torch.testing.assert_close(out, torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
@@ -77,13 +77,13 @@ def test_vlb_term_of_zero_model_matches_hand_computation():
     x0 = torch.randn(4, 3, dtype=torch.float64)
     eps = torch.randn(4, 3, dtype=torch.float64)
     t = torch.tensor([2, 10, 50, 100])
-    x_t = q_sample(x0, t, SCHED, noise=eps)
+    x_t = q_sample(x0, t, SCHED, eps=eps)
     x0_hat = x_t / SCHED.sqrt_alpha_bar[t][:, None]
     mean, var = q_posterior(x0, x_t, t, SCHED)
     mean_theta, _ = q_posterior(x0_hat, x_t, t, SCHED)
     expected = ((mean - mean_theta) ** 2 / (2 * var)).sum(1)
     torch.testing.assert_close(
-        vlb_term(zero_model, x0, t, SCHED, noise=eps), expected, rtol=1e-10, atol=0
+        vlb_term(zero_model, x0, t, SCHED, eps=eps), expected, rtol=1e-10, atol=0
     )
 
 
@@ -91,7 +91,7 @@ def test_decoder_nll_of_perfect_model():
     """x0_hat = x_0 exactly: each interior pixel costs -log(2 Phi(h / std) - 1), edges -log Phi(h / std)."""
     x0 = torch.tensor([[-1.0, 0.0, 1.0]], dtype=torch.float64)
     eps = torch.randn(1, 3, dtype=torch.float64)
-    nll = decoder_nll(lambda x_t, t: eps, x0, SCHED, noise=eps)
+    nll = decoder_nll(lambda x_t, t: eps, x0, SCHED, eps=eps)
     z = torch.tensor((1 / 255) / math.sqrt(SCHED.beta[1].item()), dtype=torch.float64)
     phi = torch.special.ndtr(z)
     expected = -(2 * torch.log(phi) + torch.log(2 * phi - 1))
@@ -123,3 +123,32 @@ def test_vlb_terms_layout():
 def test_bad_input(call, err):
     with pytest.raises(err):
         call()
+
+
+def test_every_vlb_terms_column_is_its_own_term():
+    """Column k of vlb_terms is L_k at t = k + 1, checked against a noise-free closed form.
+
+    The oracle model returns the eps that makes x0_hat = x_0 + d exactly (it knows x_0), so
+    L_{t-1} = ||mu_tilde(x_t, x_0) - mu_tilde(x_t, x0_hat)||^2 / (2 beta_tilde_t)
+            = 1/2 (SNR(t-1) - SNR(t)) ||d||^2          (Kingma et al. 2021, eq. 13),
+    for every x_t. The weight changes with t, so a column shifted by one fails. Tolerance 1e-9:
+    float64 throughout.
+    """
+    sched = linear_schedule(12, 0.01, 0.3)
+    x0 = torch.rand(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) - 0.5
+    d = torch.linspace(-0.2, 0.3, 5, dtype=torch.float64)  # offset of x0_hat
+
+    def oracle(x_t, t):
+        a, s = sched.sqrt_alpha_bar[t][:, None], sched.sigma[t][:, None]
+        return (x_t - a * (x0 + d)) / s  # so x0_hat = (x_t - s eps_hat) / a = x_0 + d
+
+    terms = vlb_terms(oracle, x0, sched, generator=torch.Generator().manual_seed(1))
+    t = torch.arange(2, 13)
+    snr = sched.snr
+    expected_kl = 0.5 * (snr[t - 1] - snr[t])[None, :] * (d**2).sum()  # (1, T-1)
+    torch.testing.assert_close(terms[:, 1:12], expected_kl.expand(3, -1), rtol=1e-9, atol=0)
+    # Column 0: the decoder with mean x_0 + d and std sqrt(beta_1), interior bins of width 2/255.
+    std, h = sched.beta[1].sqrt(), 1 / 255
+    mass = torch.special.ndtr((h - d) / std) - torch.special.ndtr((-h - d) / std)  # (5,)
+    torch.testing.assert_close(terms[:, 0], -torch.log(mass).sum().expand(3), rtol=1e-9, atol=0)
+    torch.testing.assert_close(terms[:, 12], prior_kl(x0, sched), rtol=1e-12, atol=0)

@@ -17,7 +17,7 @@ def batch():
     x0 = torch.randn(6, 3, generator=g, dtype=torch.float64)
     eps = torch.randn(6, 3, generator=g, dtype=torch.float64)
     t = torch.tensor([1, 2, 10, 50, 99, 100])
-    return x0, eps, t, q_sample(x0, t, SCHED, noise=eps)
+    return x0, eps, t, q_sample(x0, t, SCHED, eps=eps)
 
 
 def test_conversions_recover_the_truth(batch):

@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
+from diffusion_tutorial.checks import check_time_indices
+from diffusion_tutorial.core import schedules
 from diffusion_tutorial.core.schedules import (
+    ALPHA_BAR_MIN,
     NoiseSchedule,
-    check_timesteps,
     cosine_schedule,
     linear_schedule,
     scaled_linear_schedule,
@@ -116,15 +118,88 @@ def test_bad_input(call, err):
         (torch.tensor([0, 1]), ValueError),
         (torch.tensor([1, 11]), ValueError),
         (torch.tensor([1, 2, 3]), ValueError),
+        (torch.tensor([[1, 2]]), ValueError),
         (torch.tensor([1.0, 2.0]), TypeError),
+        (torch.tensor([1.5, 2.0]), TypeError),
+        (torch.tensor([True, False]), TypeError),
         (True, TypeError),
+        (2.0, TypeError),
+        (None, TypeError),
     ],
 )
-def test_check_timesteps_rejects(t, err):
+def test_check_time_indices_rejects(t, err):
     with pytest.raises(err, match="t"):
-        check_timesteps(t, linear_schedule(10, 0.01, 0.5), torch.zeros(2, 3))
+        check_time_indices("t", t, 2, 1, 10, torch.device("cpu"))
 
 
-def test_check_timesteps_accepts_int():
-    t = check_timesteps(4, linear_schedule(10, 0.01, 0.5), torch.zeros(2, 3))
-    assert t.dtype == torch.int64 and t.tolist() == [4, 4]
+@pytest.mark.parametrize("t", [4, torch.tensor(4), torch.tensor([4, 4], dtype=torch.int32)])
+def test_check_time_indices_broadcasts_ints_and_0d_tensors(t):
+    out = check_time_indices("t", t, 2, 1, 10, torch.device("cpu"))
+    assert out.dtype == torch.int64 and out.tolist() == [4, 4]
+
+
+def test_registry_names_the_three_schedules():
+    assert schedules.SCHEDULES == {
+        "linear": linear_schedule,
+        "cosine": cosine_schedule,
+        "scaled_linear": scaled_linear_schedule,
+    }
+
+
+def test_posterior_mean_coefs_match_their_definition():
+    # Oracle: Ho et al. 2020, eq. 7 written out term by term at every t in 1..T.
+    s = linear_schedule(50, 1e-3, 0.2)
+    c_x0, c_xt = s.posterior_mean_coefs
+    t = torch.arange(1, 51)
+    ab, ab_prev = s.alpha_bar[t], s.alpha_bar[t - 1]
+    torch.testing.assert_close(c_x0[t], ab_prev.sqrt() * s.beta[t] / (1 - ab), rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        c_xt[t], s.alpha[t].sqrt() * (1 - ab_prev) / (1 - ab), rtol=1e-14, atol=0
+    )
+    # At t = 1 the mean is x_0 itself (alpha_bar_0 = 1): c_x0 = 1, c_xt = 0.
+    assert c_x0[1].item() == pytest.approx(1.0, abs=1e-15) and c_xt[1] == 0
+
+
+# ------------------------------------------------------------------ float32 underflow of alpha_bar_T
+
+
+@pytest.mark.parametrize(
+    "make", [linear_schedule, cosine_schedule, scaled_linear_schedule], ids=["lin", "cos", "sc"]
+)
+def test_shipped_T1000_schedules_pass_the_float32_bound(make):
+    s = make(1000)
+    assert s.alpha_bar[-1] >= ALPHA_BAR_MIN
+    assert math.isfinite(float(torch.tensor(s.lam[-1].item(), dtype=torch.float32)))
+
+
+def test_bound_is_float32_tiny_and_keeps_sampling_coefficients_finite():
+    # The bound itself: alpha_bar, sqrt(alpha_bar), 1 / sqrt(alpha_bar) and lambda are finite,
+    # non-zero float32 numbers at alpha_bar = ALPHA_BAR_MIN; half of it is subnormal in float32.
+    assert ALPHA_BAR_MIN == torch.finfo(torch.float32).tiny
+    a = torch.tensor(ALPHA_BAR_MIN, dtype=torch.float32)
+    for v in (a, a.sqrt(), 1 / a.sqrt(), 0.5 * (a.log() - torch.log1p(-a))):
+        assert torch.isfinite(v) and v != 0
+    assert torch.tensor(ALPHA_BAR_MIN / 2, dtype=torch.float32) < torch.finfo(torch.float32).tiny
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: linear_schedule(20000), r"T must be in 1\.\.\d+ for beta_start=0.0001"),
+        (lambda: scaled_linear_schedule(50000), r"T must be in 1\.\.\d+"),
+        (lambda: linear_schedule(1000, 0.5, 0.9), r"T must be in 1\.\.\d+"),
+        (lambda: NoiseSchedule.from_betas([0.9] * 100), r"T = 100 is below ALPHA_BAR_MIN"),
+    ],
+)
+def test_schedules_refuse_alpha_bar_T_below_float32_tiny(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_largest_allowed_T_is_accepted_and_one_more_refused():
+    with pytest.raises(ValueError) as info:
+        linear_schedule(20000)
+    t_max = int(str(info.value).split("1..")[1].split(" ")[0])
+    assert linear_schedule(t_max).alpha_bar[-1] >= ALPHA_BAR_MIN
+    with pytest.raises(ValueError):
+        linear_schedule(t_max + 1)

@@ -102,7 +102,6 @@ def test_sinusoidal_embedding_pairs_lie_on_the_unit_circle():
         ((2, 1, 28, 28), [0, 2], None, "1..1000"),  # t below 1
         ((2, 1, 28, 28), [1, 1001], None, "1..1000"),  # t above T
         ((2, 1, 28, 28), [1, 2, 3], None, "shape"),  # one t too many
-        ((2, 1, 28, 28), [1.5, 2.0], None, "integer"),  # fractional t
         ((2, 1, 28, 28), [1, 2], [0, 11], "0..9"),  # label above null
         ((2, 1, 28, 28), [1, 2], [-1, 0], "0..9"),  # negative label
     ],
@@ -114,6 +113,21 @@ def test_bad_input_raises_value_error(x_shape, t, y, match):
         model(torch.zeros(x_shape), torch.tensor(t), y)
 
 
+@pytest.mark.parametrize(
+    ("t", "y"),
+    [
+        ([1.5, 2.0], None),  # fractional t
+        ([1.0, 2.0], None),  # float t: book indices are integers
+        ([1, 2], [True, False]),  # bool labels are not class labels
+        ([1, 2], [0.0, 1.0]),  # float labels
+    ],
+)
+def test_non_integer_t_or_y_raises_type_error(t, y):
+    model = UNet(UNetConfig(**TINY, num_classes=10)).eval()
+    with pytest.raises(TypeError, match="integer"):
+        model(torch.zeros(2, 1, 28, 28), torch.tensor(t), None if y is None else torch.tensor(y))
+
+
 def test_unconditional_model_rejects_labels():
     model = UNet(UNetConfig(**TINY)).eval()
     with pytest.raises(ValueError, match="unconditional"):
@@ -122,10 +136,27 @@ def test_unconditional_model_rejects_labels():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(image_size=30), dict(channel_mults=()), dict(base_channels=12), dict(dropout=1.0)],
+    [
+        dict(image_size=30),
+        dict(image_size=0),
+        dict(image_size=-4),
+        dict(channel_mults=()),
+        dict(base_channels=12),
+        dict(dropout=1.0),
+        dict(groups=0),
+        dict(groups=-8),
+        dict(num_heads=0),
+    ],
 )
 def test_bad_config_raises(kwargs):
-    with pytest.raises(ValueError):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match="groups" if name == "base_channels" else name):
+        UNetConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(image_size=8.0), dict(groups=2.0), dict(T=True)])
+def test_non_int_config_raises_type_error(kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
         UNetConfig(**kwargs)
 
 

@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_tutorial.checks import check_float_tensor, check_same_shape, expand_like
-from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.checks import (
+    check_finite,
+    check_float_tensor,
+    check_same_shape,
+    check_time_indices,
+    expand_like,
+)
+from diffusion_tutorial.core.schedules import NoiseSchedule
 
 __all__ = ["randn_like", "q_sample", "q_step", "q_posterior"]
 
@@ -25,32 +31,34 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return eps.to(device=x.device, dtype=x.dtype)
 
 
-def _noise(
-    x: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None, name: str
+def _eps(
+    x: torch.Tensor, eps: torch.Tensor | None, generator: torch.Generator | None, name: str
 ) -> torch.Tensor:
-    if noise is None:
+    """Validate ``x`` (finite) and return the given ``eps`` (finite, same shape) or a fresh draw."""
+    check_finite(name, x)
+    if eps is None:
         return randn_like(x, generator)
-    check_float_tensor("noise", noise)
-    check_same_shape(name, x, "noise", noise)
-    return noise.to(x.dtype)
+    check_float_tensor("eps", eps)
+    check_same_shape(name, x, "eps", eps)
+    return check_finite("eps", eps).to(x.dtype)
 
 
 def q_sample(
     x_0: torch.Tensor,
     t: torch.Tensor | int,
     schedule: NoiseSchedule,
-    noise: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Sample q(x_t | x_0): x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps.
 
     ``t`` is an int64 tensor (B,) of book indices in 0..T (t = 0 returns x_0) or one int.
-    ``noise`` (eps) is drawn from ``generator`` when not given.
-    Book: Forward process, eq. (fwd-closed-form). Ho et al. 2020, eq. 4.
+    ``eps`` is drawn from ``generator`` when not given. Non-finite ``x_0`` or ``eps`` is refused.
+    Book: Forward process (Part 2). Ho et al. 2020, eq. 4.
     """
     check_float_tensor("x_0", x_0)
-    t = check_timesteps(t, schedule, x_0, low=0)
-    eps = _noise(x_0, noise, generator, "x_0")
+    t = check_time_indices("t", t, x_0.shape[0], 0, schedule.T, x_0.device)
+    eps = _eps(x_0, eps, generator, "x_0")
     idx = t.to(schedule.alpha_bar.device)
     sqrt_alpha_bar = expand_like(schedule.sqrt_alpha_bar[idx], x_0)  # (B, 1, ..., 1)
     sigma = expand_like(schedule.sigma[idx], x_0)  # (B, 1, ..., 1)
@@ -61,17 +69,17 @@ def q_step(
     x_prev: torch.Tensor,
     t: torch.Tensor | int,
     schedule: NoiseSchedule,
-    noise: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Sample one Markov step q(x_t | x_{t-1}): x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps.
 
     ``t`` (B,) in 1..T is the index of the step being taken (from t - 1 to t).
-    Book: Forward process, eq. (fwd-step). Ho et al. 2020, eq. 2.
+    Book: Forward process (Part 2). Ho et al. 2020, eq. 2.
     """
     check_float_tensor("x_prev", x_prev)
-    t = check_timesteps(t, schedule, x_prev, low=1)
-    eps = _noise(x_prev, noise, generator, "x_prev")
+    t = check_time_indices("t", t, x_prev.shape[0], 1, schedule.T, x_prev.device)
+    eps = _eps(x_prev, eps, generator, "x_prev")
     idx = t.to(schedule.beta.device)
     sqrt_alpha = expand_like(schedule.alpha[idx].sqrt(), x_prev)  # (B, 1, ..., 1)
     sqrt_beta = expand_like(schedule.beta[idx].sqrt(), x_prev)  # (B, 1, ..., 1)
@@ -88,18 +96,14 @@ def q_posterior(
     beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t.
     ``t`` (B,) in 1..T. Returns ``mean`` (B, ...) and ``variance`` (B, 1, ..., 1) (it is the same for
     every coordinate), both in the input dtype.
-    Book: Reverse process, eq. (posterior). Ho et al. 2020, eqs. 6-7.
+    Book: Reverse process (Part 2). Ho et al. 2020, eqs. 6-7.
     """
     check_float_tensor("x_0", x_0)
     check_float_tensor("x_t", x_t)
     check_same_shape("x_0", x_0, "x_t", x_t)
-    t = check_timesteps(t, schedule, x_t, low=1)
+    t = check_time_indices("t", t, x_t.shape[0], 1, schedule.T, x_t.device)
     idx = t.to(schedule.beta.device)
-    alpha_bar_t = schedule.alpha_bar[idx]  # (B,) float64
-    alpha_bar_prev = schedule.alpha_bar[idx - 1]  # (B,)
-    beta_t = schedule.beta[idx]  # (B,)
-    coef_x0 = alpha_bar_prev.sqrt() * beta_t / (1 - alpha_bar_t)  # (B,)
-    coef_xt = schedule.alpha[idx].sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t)  # (B,)
-    mean = expand_like(coef_x0, x_t) * x_0 + expand_like(coef_xt, x_t) * x_t  # (B, ...)
+    c_x0, c_xt = schedule.posterior_mean_coefs  # (T+1,) each, float64
+    mean = expand_like(c_x0[idx], x_t) * x_0 + expand_like(c_xt[idx], x_t) * x_t  # (B, ...)
     variance = expand_like(schedule.posterior_variance[idx], x_t)  # (B, 1, ..., 1)
     return mean, variance

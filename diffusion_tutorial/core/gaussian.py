@@ -13,7 +13,7 @@ The flow is exact for the continuous ODE through the schedule's (a_t, sigma_t) p
 depend on how time is parameterised between grid points. Computations run in float64 and the
 result is cast to the input dtype.
 
-Book: Reverse process (the Gaussian case), eq. (gauss-denoiser). Song et al. 2021, eq. 13 (ODE).
+Book: Reverse process (the Gaussian case, Part 2). Song et al. 2021, eq. 13 (ODE).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion_tutorial.checks import check_float_tensor, expand_like
-from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.checks import check_float_tensor, check_time_indices, expand_like
+from diffusion_tutorial.core.schedules import NoiseSchedule
 
 __all__ = ["GaussianData"]
 
@@ -59,7 +59,7 @@ class GaussianData:
         return (self.mean + self.std * eps).to(dtype)  # (n, *shape)
 
     def _coefs(self, t: torch.Tensor | int, schedule: NoiseSchedule, x: torch.Tensor, low: int):
-        t = check_timesteps(t, schedule, x, low=low).cpu()
+        t = check_time_indices("t", t, x.shape[0], low, schedule.T, x.device).cpu()  # (B,)
         xd = x.detach().to(device="cpu", dtype=torch.float64)  # (B, *shape)
         alpha_bar = schedule.alpha_bar.cpu()[t]  # (B,)
         a = expand_like(alpha_bar.sqrt(), xd)  # (B, 1, ..., 1)

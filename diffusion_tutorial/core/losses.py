@@ -10,7 +10,7 @@ N(x0_hat(x_1), beta_1) integrated over each level's bin of width 2/255, with the
 extended to -inf and +inf (Ho et al. 2020, eq. 13). beta_1 (not beta_tilde_1 = 0) is the decoder
 variance.
 
-Book: Reverse process (the ELBO), eqs. (elbo-terms), (l-simple). Ho et al. 2020, eqs. 5, 8, 13, 14.
+Book: Reverse process (the ELBO, Part 2). Ho et al. 2020, eqs. 5, 8, 13, 14.
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from __future__ import annotations
 import torch
 
 from diffusion_tutorial.background.probability import kl_gaussian
-from diffusion_tutorial.checks import check_float_tensor
+from diffusion_tutorial.checks import (
+    check_finite,
+    check_float_tensor,
+    check_model_output,
+    check_time_indices,
+    check_values_in,
+)
 from diffusion_tutorial.core.forward import q_posterior, q_sample, randn_like
 from diffusion_tutorial.core.parameterization import Model, x0_from_eps
-from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.core.schedules import NoiseSchedule
 
 __all__ = [
     "simple_loss",
@@ -36,14 +42,16 @@ def _sum_per_example(v: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], -1).sum(1)  # (B,)
 
 
-def _eps_hat(model: Model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    eps_hat = model(x_t, t)
-    if not isinstance(eps_hat, torch.Tensor) or eps_hat.shape != x_t.shape:
-        shape = getattr(eps_hat, "shape", None)
-        raise ValueError(
-            f"model(x_t, t) must return a tensor of shape {tuple(x_t.shape)}, got {shape}"
-        )
-    return eps_hat
+def _check_x0(x_0: object) -> torch.Tensor:
+    """A finite floating-point batch (B, ...) with B >= 1: an empty batch has no mean loss."""
+    check_float_tensor("x_0", x_0)
+    if x_0.ndim < 1 or x_0.shape[0] == 0:
+        raise ValueError(f"x_0 must be a batch (B, ...) with B >= 1, got shape {tuple(x_0.shape)}")
+    return check_finite("x_0", x_0)
+
+
+def _times(t: torch.Tensor | int, schedule: NoiseSchedule, x_0: torch.Tensor, low: int):
+    return check_time_indices("t", t, x_0.shape[0], low, schedule.T, x_0.device)  # (B,)
 
 
 def simple_loss(
@@ -57,27 +65,28 @@ def simple_loss(
     """L_simple = E_{t ~ U{1..T}, eps} || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sigma_t eps, t) ||^2.
 
     Returns the mean over the batch and all dimensions (a scalar). ``t`` (B,) overrides the
-    uniform draw; ``generator`` drives both t and eps.
-    Book: Reverse process, eq. (l-simple). Ho et al. 2020, eq. 14 / Algorithm 1.
+    uniform draw; ``generator`` drives both t and eps. Refuses an empty batch and non-finite
+    ``x_0``; a model output with NaN or inf raises an error naming its t.
+    Book: Reverse process (Part 2). Ho et al. 2020, eq. 14 / Algorithm 1.
     """
-    check_float_tensor("x_0", x_0)
+    _check_x0(x_0)
     B = x_0.shape[0]
     if t is None:
         device = generator.device if generator is not None else x_0.device
         t = torch.randint(1, schedule.T + 1, (B,), generator=generator, device=device)
-    t = check_timesteps(t, schedule, x_0, low=1)  # (B,)
+    t = _times(t, schedule, x_0, low=1)  # (B,)
     eps = randn_like(x_0, generator)  # (B, ...)
-    x_t = q_sample(x_0, t, schedule, noise=eps)  # (B, ...)
-    eps_hat = _eps_hat(model, x_t, t)
+    x_t = q_sample(x_0, t, schedule, eps=eps)  # (B, ...)
+    eps_hat = check_model_output(model(x_t, t), x_t, t)  # (B, ...), finite
     return torch.mean((eps_hat - eps) ** 2)
 
 
 def prior_kl(x_0: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
     """L_T = KL(q(x_T | x_0) || N(0, I)), summed per example, shape (B,). Has no parameters.
 
-    Book: Reverse process, eq. (elbo-terms). Ho et al. 2020, eq. 5.
+    Book: Reverse process (Part 2). Ho et al. 2020, eq. 5.
     """
-    check_float_tensor("x_0", x_0)
+    _check_x0(x_0)
     alpha_bar_T = schedule.alpha_bar[-1].item()
     mean = alpha_bar_T**0.5 * x_0  # (B, ...)
     var = torch.full((), 1 - alpha_bar_T, dtype=x_0.dtype, device=x_0.device)
@@ -91,19 +100,20 @@ def vlb_term(
     t: torch.Tensor | int,
     schedule: NoiseSchedule,
     *,
-    noise: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) at one x_t ~ q(x_t | x_0), (B,).
 
     Both Gaussians have variance beta_tilde_t, so it equals ||mu_tilde - mu_theta||^2 / (2 beta_tilde_t);
     ``t`` (B,) in 2..T (t = 1 is the decoder term, see :func:`decoder_nll`).
-    Book: Reverse process, eq. (elbo-terms). Ho et al. 2020, eqs. 5 and 8.
+    Book: Reverse process (Part 2). Ho et al. 2020, eqs. 5 and 8.
     """
-    check_float_tensor("x_0", x_0)
-    t = check_timesteps(t, schedule, x_0, low=2)  # (B,)
-    x_t = q_sample(x_0, t, schedule, noise=noise, generator=generator)  # (B, ...)
-    x0_hat = x0_from_eps(x_t, _eps_hat(model, x_t, t), t, schedule)  # (B, ...)
+    _check_x0(x_0)
+    t = _times(t, schedule, x_0, low=2)  # (B,)
+    x_t = q_sample(x_0, t, schedule, eps=eps, generator=generator)  # (B, ...)
+    eps_hat = check_model_output(model(x_t, t), x_t, t)  # (B, ...)
+    x0_hat = x0_from_eps(x_t, eps_hat, t, schedule)  # (B, ...)
     mean, var = q_posterior(x_0, x_t, t, schedule)
     mean_theta, _ = q_posterior(x0_hat, x_t, t, schedule)
     return _sum_per_example(kl_gaussian(mean, var, mean_theta, var))
@@ -114,21 +124,21 @@ def decoder_nll(
     x_0: torch.Tensor,
     schedule: NoiseSchedule,
     *,
-    noise: torch.Tensor | None = None,
+    eps: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """L_0 = -log p_theta(x_0 | x_1) for the discretised Gaussian decoder, shape (B,), in nats.
 
     p_theta(x_0 | x_1) = prod_i int_{bin(x_0^i)} N(x; x0_hat^i(x_1), beta_1) dx over 256 bins of width
     2/255 centred on the levels of [-1, 1]; ``x_0`` must lie in [-1, 1].
-    Book: Reverse process, eq. (decoder). Ho et al. 2020, eq. 13.
+    Book: Reverse process (Part 2). Ho et al. 2020, eq. 13.
     """
-    check_float_tensor("x_0", x_0)
-    if x_0.numel() and (x_0.min() < -1 or x_0.max() > 1):
-        raise ValueError("x_0 must lie in [-1, 1] for the discretised decoder (scale images first)")
-    t = check_timesteps(1, schedule, x_0, low=1)  # (B,)
-    x_1 = q_sample(x_0, t, schedule, noise=noise, generator=generator)  # (B, ...)
-    x0_hat = x0_from_eps(x_1, _eps_hat(model, x_1, t), t, schedule)  # (B, ...), the mean of p
+    _check_x0(x_0)
+    check_values_in("x_0 (scale images to [-1, 1] first)", x_0, -1.0, 1.0)
+    t = _times(1, schedule, x_0, low=1)  # (B,)
+    x_1 = q_sample(x_0, t, schedule, eps=eps, generator=generator)  # (B, ...)
+    eps_hat = check_model_output(model(x_1, t), x_1, t)  # (B, ...)
+    x0_hat = x0_from_eps(x_1, eps_hat, t, schedule)  # (B, ...), the mean of p
     std = schedule.beta[1].item() ** 0.5
     half_bin = 1.0 / 255.0
     upper = (x_0 + half_bin - x0_hat) / std  # (B, ...) standardised bin edges
@@ -155,9 +165,9 @@ def vlb_terms(
 
     ``vlb_terms(...).sum(1)`` is the negative ELBO, an upper bound on -log p_theta(x_0) in nats.
     Costs T model calls (one fresh x_t per term).
-    Book: Reverse process, eq. (elbo-terms). Ho et al. 2020, eq. 5.
+    Book: Reverse process (Part 2). Ho et al. 2020, eq. 5.
     """
-    check_float_tensor("x_0", x_0)
+    _check_x0(x_0)
     B, T = x_0.shape[0], schedule.T
     out = torch.zeros(B, T + 1, dtype=x_0.dtype, device=x_0.device)  # (B, T+1)
     out[:, 0] = decoder_nll(model, x_0, schedule, generator=generator)

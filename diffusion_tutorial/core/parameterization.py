@@ -15,8 +15,13 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_tutorial.checks import check_float_tensor, check_same_shape, expand_like
-from diffusion_tutorial.core.schedules import NoiseSchedule, check_timesteps
+from diffusion_tutorial.checks import (
+    check_float_tensor,
+    check_same_shape,
+    check_time_indices,
+    expand_like,
+)
+from diffusion_tutorial.core.schedules import NoiseSchedule
 
 __all__ = [
     "Model",
@@ -46,7 +51,8 @@ def _coefs(
     check_float_tensor("x_t", x_t)
     check_float_tensor(pred_name, pred)
     check_same_shape("x_t", x_t, pred_name, pred)
-    idx = check_timesteps(t, schedule, x_t, low=low).to(schedule.alpha_bar.device)
+    idx = check_time_indices("t", t, x_t.shape[0], low, schedule.T, x_t.device)  # (B,)
+    idx = idx.to(schedule.alpha_bar.device)
     return (
         expand_like(schedule.sqrt_alpha_bar[idx], x_t),  # (B, 1, ..., 1)
         expand_like(schedule.sigma[idx], x_t),  # (B, 1, ..., 1)
@@ -58,7 +64,7 @@ def x0_from_eps(
 ) -> torch.Tensor:
     """x0_hat = (x_t - sigma_t eps) / sqrt(alpha_bar_t); t in 0..T.
 
-    Book: Reverse process, eq. (x0-from-eps). Ho et al. 2020, eq. 15.
+    Book: Reverse process (Part 2). Ho et al. 2020, eq. 15.
     """
     sqrt_alpha_bar, sigma = _coefs(x_t, eps, "eps", t, schedule, low=0)
     return (x_t - sigma * eps) / sqrt_alpha_bar
@@ -69,7 +75,7 @@ def eps_from_x0(
 ) -> torch.Tensor:
     """eps = (x_t - sqrt(alpha_bar_t) x_0) / sigma_t; t in 1..T (sigma_0 = 0).
 
-    Book: Reverse process, eq. (x0-from-eps). Ho et al. 2020, eq. 4 solved for eps.
+    Book: Reverse process (Part 2). Ho et al. 2020, eq. 4 solved for eps.
     """
     sqrt_alpha_bar, sigma = _coefs(x_t, x_0, "x_0", t, schedule, low=1)
     return (x_t - sqrt_alpha_bar * x_0) / sigma
@@ -80,7 +86,7 @@ def v_from_eps(
 ) -> torch.Tensor:
     """v = sqrt(alpha_bar_t) eps - sigma_t x_0 = (eps - sigma_t x_t) / sqrt(alpha_bar_t); t in 0..T.
 
-    Book: Reverse process, eq. (v-param). Salimans & Ho 2022, sec. 4.
+    Book: Reverse process (Part 2). Salimans & Ho 2022, sec. 4.
     """
     sqrt_alpha_bar, sigma = _coefs(x_t, eps, "eps", t, schedule, low=0)
     return (eps - sigma * x_t) / sqrt_alpha_bar
@@ -91,7 +97,7 @@ def eps_from_v(
 ) -> torch.Tensor:
     """eps = sigma_t x_t + sqrt(alpha_bar_t) v (uses alpha_bar_t + sigma_t^2 = 1); t in 0..T.
 
-    Book: Reverse process, eq. (v-param). Salimans & Ho 2022, appendix D.
+    Book: Reverse process (Part 2). Salimans & Ho 2022, appendix D.
     """
     sqrt_alpha_bar, sigma = _coefs(x_t, v, "v", t, schedule, low=0)
     return sigma * x_t + sqrt_alpha_bar * v
@@ -102,7 +108,7 @@ def x0_from_v(
 ) -> torch.Tensor:
     """x0_hat = sqrt(alpha_bar_t) x_t - sigma_t v; t in 0..T.
 
-    Book: Reverse process, eq. (v-param). Salimans & Ho 2022, appendix D.
+    Book: Reverse process (Part 2). Salimans & Ho 2022, appendix D.
     """
     sqrt_alpha_bar, sigma = _coefs(x_t, v, "v", t, schedule, low=0)
     return sqrt_alpha_bar * x_t - sigma * v
@@ -113,7 +119,7 @@ def v_from_x0(
 ) -> torch.Tensor:
     """v = (sqrt(alpha_bar_t) x_t - x_0) / sigma_t; t in 1..T.
 
-    Book: Reverse process, eq. (v-param). Salimans & Ho 2022, appendix D.
+    Book: Reverse process (Part 2). Salimans & Ho 2022, appendix D.
     """
     sqrt_alpha_bar, sigma = _coefs(x_t, x_0, "x_0", t, schedule, low=1)
     return (sqrt_alpha_bar * x_t - x_0) / sigma
@@ -124,7 +130,7 @@ def score_from_eps(
 ) -> torch.Tensor:
     """score = grad_x log q(x_t) ~= -eps / sigma_t (exact for the optimal eps); t in 1..T.
 
-    Book: Reverse process, eq. (score-eps). Song et al. 2021, sec. 2 / Vincent 2011.
+    Book: Reverse process (Part 2). Song et al. 2021, sec. 2 / Vincent 2011.
     """
     _, sigma = _coefs(x_t, eps, "eps", t, schedule, low=1)
     return -eps / sigma
@@ -135,7 +141,7 @@ def eps_from_score(
 ) -> torch.Tensor:
     """eps = -sigma_t * score; t in 1..T.
 
-    Book: Reverse process, eq. (score-eps). Song et al. 2021, sec. 2.
+    Book: Reverse process (Part 2). Song et al. 2021, sec. 2.
     """
     _, sigma = _coefs(x_t, score, "score", t, schedule, low=1)
     return -sigma * score

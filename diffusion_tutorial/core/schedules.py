@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion_tutorial.checks import check_float_in_range, check_positive_int, check_time_indices
+from diffusion_tutorial.checks import check_float_in_range, check_positive_int
 
 __all__ = [
     "NoiseSchedule",
@@ -21,8 +21,18 @@ __all__ = [
     "cosine_schedule",
     "scaled_linear_schedule",
     "SCHEDULES",
-    "check_timesteps",
+    "ALPHA_BAR_MIN",
 ]
+
+ALPHA_BAR_MIN = torch.finfo(torch.float32).tiny
+"""Smallest allowed alpha_bar_T: float32's smallest normal number, 2**-126 ~ 1.18e-38.
+
+Samplers and models run in float32. With alpha_bar_T >= 2**-126, alpha_bar_T itself, sqrt(alpha_bar_T)
+>= 2**-63, 1 / sqrt(alpha_bar_T) <= 2**63 and lambda_T >= -43.7 are all finite, normal float32
+numbers, so x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_T) cannot divide by zero. Below it
+alpha_bar_T rounds to a subnormal or to 0 in float32 and samplers return inf or NaN: a schedule that
+long (``linear_schedule(20000)``: alpha_bar_T ~ 1e-87) is refused.
+"""
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,7 +42,7 @@ class NoiseSchedule:
     ``alpha[t] = 1 - beta[t]`` and ``alpha_bar[t] = prod_{s<=t} alpha[s]``; index 0 is the clean data
     (``beta[0] = 0``, ``alpha_bar[0] = 1``). Build one with :meth:`from_betas` or a named schedule.
 
-    Book: Forward process, eq. (fwd-alpha-bar). Ho et al. 2020, eq. 4.
+    Book: Forward process (Part 2). Ho et al. 2020, eq. 4.
     """
 
     beta: torch.Tensor  # (T+1,) float64, beta[0] = 0
@@ -57,14 +67,18 @@ class NoiseSchedule:
             raise ValueError("alpha must equal 1 - beta")
         if not torch.allclose(self.alpha_bar, torch.cumprod(self.alpha, 0), rtol=1e-10, atol=0):
             raise ValueError("alpha_bar must equal the cumulative product of alpha")
-        if not self.alpha_bar[-1] > 0:
-            raise ValueError("alpha_bar[T] underflowed to 0; use fewer steps or smaller betas")
+        if not self.alpha_bar[-1] >= ALPHA_BAR_MIN:
+            raise ValueError(
+                f"alpha_bar[T] = {self.alpha_bar[-1].item():.3g} for T = {self.T} is below "
+                f"ALPHA_BAR_MIN = {ALPHA_BAR_MIN:.3g} (float32's smallest normal number), where "
+                "float32 sampling divides by zero; use fewer steps T or smaller betas"
+            )
 
     @classmethod
     def from_betas(cls, beta: torch.Tensor | Sequence[float]) -> NoiseSchedule:
         """Build a schedule from ``beta_1..beta_T`` (length T, each in (0, 1)); prepends beta_0 = 0.
 
-        Book: Forward process, eq. (fwd-alpha-bar). Ho et al. 2020, eq. 4.
+        Book: Forward process (Part 2). Ho et al. 2020, eq. 4.
         """
         beta = torch.as_tensor(beta, dtype=torch.float64).detach().cpu()
         if beta.ndim != 1 or beta.shape[0] < 1:
@@ -105,11 +119,27 @@ class NoiseSchedule:
     def posterior_variance(self) -> torch.Tensor:
         """beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) * beta_t; 0 at t = 0 and t = 1.
 
-        Book: Reverse process, eq. (posterior-variance). Ho et al. 2020, eq. 7.
+        Book: Reverse process (Part 2). Ho et al. 2020, eq. 7.
         """
         out = torch.zeros_like(self.beta)  # (T+1,)
         out[1:] = (1 - self.alpha_bar[:-1]) / (1 - self.alpha_bar[1:]) * self.beta[1:]
         return out
+
+    @property
+    def posterior_mean_coefs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coefficients (c_x0[t], c_xt[t]) of mu_tilde_t = c_x0[t] x_0 + c_xt[t] x_t, each (T+1,) float64.
+
+        c_x0[t] = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) and
+        c_xt[t] = sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t); both 0 at t = 0 (undefined).
+        The one place the posterior mean's coefficients are computed (``q_posterior``, DDPM sampling).
+        Book: Reverse process (Part 2). Ho et al. 2020, eq. 7.
+        """
+        c_x0 = torch.zeros_like(self.beta)  # (T+1,)
+        c_xt = torch.zeros_like(self.beta)  # (T+1,)
+        one_minus_alpha_bar = 1 - self.alpha_bar[1:]  # (T,)
+        c_x0[1:] = self.alpha_bar[:-1].sqrt() * self.beta[1:] / one_minus_alpha_bar
+        c_xt[1:] = self.alpha[1:].sqrt() * (1 - self.alpha_bar[:-1]) / one_minus_alpha_bar
+        return c_x0, c_xt
 
     def to(self, device: torch.device | str) -> NoiseSchedule:
         """A copy with the tensors on ``device`` (still float64; samplers cast per input anyway)."""
@@ -137,6 +167,31 @@ def _check_increasing_pair(beta_start: float, beta_end: float) -> None:
         raise ValueError(f"beta_end must be >= beta_start={beta_start}, got {beta_end}")
 
 
+def _log_alpha_bar_T(beta: torch.Tensor) -> float:
+    return torch.log1p(-beta).sum().item()  # log alpha_bar_T, exact where the product underflows
+
+
+def _check_alpha_bar_T(betas, T: int, which: str) -> None:
+    """Raise ValueError naming the allowed T when alpha_bar_T = prod(1 - betas(T)) < ALPHA_BAR_MIN.
+
+    The allowed range 1..T_max is found by bisection (alpha_bar_T falls as T grows for fixed
+    beta_start and beta_end), only on failure.
+    """
+    log_min = math.log(ALPHA_BAR_MIN)
+    if _log_alpha_bar_T(betas(T)) >= log_min:
+        return
+    lo, hi = 0, T  # alpha_bar ok at lo (T = 0 is 1), too small at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if _log_alpha_bar_T(betas(mid)) >= log_min else (lo, mid)
+    allowed = f"1..{lo}" if lo >= 1 else "none (make the betas smaller)"
+    raise ValueError(
+        f"T must be in {allowed} for {which}: with T = {T}, alpha_bar[T] = "
+        f"exp({_log_alpha_bar_T(betas(T)):.4g}) is below ALPHA_BAR_MIN = {ALPHA_BAR_MIN:.3g} "
+        "(float32's smallest normal number) and float32 sampling would return NaN"
+    )
+
+
 def linear_schedule(
     T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
 ) -> NoiseSchedule:
@@ -144,11 +199,16 @@ def linear_schedule(
 
     The defaults are tuned for T = 1000 (alpha_bar_T ~ 4e-5). For another T scale both betas by
     1000 / T (as Nichol & Dhariwal 2021 do), otherwise alpha_bar_T is far from 0.
-    Book: Forward process, eq. (linear-schedule). Ho et al. 2020, sec. 4.
+    Book: Forward process (Part 2). Ho et al. 2020, sec. 4.
     """
     T = check_positive_int("T", T)
     _check_increasing_pair(beta_start, beta_end)
-    return NoiseSchedule.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
+
+    def betas(n: int) -> torch.Tensor:
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float64)  # (n,)
+
+    _check_alpha_bar_T(betas, T, f"beta_start={beta_start:g}, beta_end={beta_end:g}")
+    return NoiseSchedule.from_betas(betas(T))
 
 
 def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
@@ -156,7 +216,7 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
 
     beta_t = 1 - alpha_bar_t / alpha_bar_{t-1} is clipped at ``max_beta`` (only the last step is
     affected for the defaults), and alpha_bar is recomputed from the clipped betas.
-    Book: Forward process, eq. (cosine-schedule). Nichol & Dhariwal 2021, eq. 17.
+    Book: Forward process (Part 2). Nichol & Dhariwal 2021, eq. 17.
     """
     T = check_positive_int("T", T)
     s = check_float_in_range("s", s, 0.0, None, low_open=True)
@@ -178,8 +238,13 @@ def scaled_linear_schedule(
     """
     T = check_positive_int("T", T)
     _check_increasing_pair(beta_start, beta_end)
-    root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64)
-    return NoiseSchedule.from_betas(root**2)
+
+    def betas(n: int) -> torch.Tensor:
+        root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), n, dtype=torch.float64)
+        return root**2  # (n,)
+
+    _check_alpha_bar_T(betas, T, f"beta_start={beta_start:g}, beta_end={beta_end:g}")
+    return NoiseSchedule.from_betas(betas(T))
 
 
 SCHEDULES = {
@@ -188,18 +253,3 @@ SCHEDULES = {
     "scaled_linear": scaled_linear_schedule,
 }
 """Name -> schedule function ``f(T) -> NoiseSchedule`` (checkpoints, the training CLI, pretrained)."""
-
-
-def check_timesteps(
-    t: torch.Tensor | int,
-    schedule: NoiseSchedule,
-    x: torch.Tensor,
-    *,
-    low: int = 1,
-    name: str = "t",
-) -> torch.Tensor:
-    """Return ``t`` as an int64 tensor of shape (B,) on ``x``'s device, or raise if any is outside low..T.
-
-    An int is broadcast to the batch. ``B = x.shape[0]``.
-    """
-    return check_time_indices(name, t, x.shape[0], low, schedule.T, x.device)

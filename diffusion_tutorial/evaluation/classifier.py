@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_tutorial.checks import check_float_tensor, check_positive_int
+from diffusion_tutorial.checks import check_float_tensor, check_labels, check_positive_int
 from diffusion_tutorial.runtime import tqdm
 
 __all__ = [
@@ -117,7 +117,10 @@ def classifier_probs(
 
 
 def accuracy(classifier: MNISTClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of ``images`` whose most probable class equals ``labels``."""
+    """Fraction of ``images`` whose most probable class equals ``labels`` (N,) in 0..num_classes-1."""
+    _check_images(images)
+    num_classes = classifier.config.num_classes
+    labels = check_labels("y", labels, images.shape[0], num_classes - 1)  # (N,)
     pred = classifier_probs(classifier, images).argmax(dim=1)  # (N,)
     return (pred == labels.cpu()).float().mean().item()
 

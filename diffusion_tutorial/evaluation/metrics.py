@@ -23,6 +23,7 @@ from diffusion_tutorial.checks import (
     check_float_in_range,
     check_float_tensor,
     check_positive_int,
+    check_values_in,
 )
 from diffusion_tutorial.data import mnist
 from diffusion_tutorial.evaluation.classifier import accuracy, classifier_features, classifier_probs
@@ -167,6 +168,33 @@ def compare_to_data(
 # ------------------------------------------------------------------------------ Fréchet distance
 
 
+PSD_RTOL = 1e-5
+"""Relative tolerance of the covariance checks: eigenvalues >= -PSD_RTOL * max |eigenvalue| and
+|C - C^T| <= PSD_RTOL * max |C|. Rounding in a covariance estimated in float32 (relative error
+~1e-7 per entry, growing like sqrt(D)) stays well inside it; a covariance that is really not
+positive semi-definite (``-I``) does not."""
+
+IMAGE_RANGE_TOL = 1e-3
+"""How far outside [-1, 1] images given to :func:`mnist_fid` may stray (float rounding only):
+images in [0, 1] or [0, 255], or unclipped samples, are refused with a clear error."""
+
+
+def _check_covariance(name: str, c: torch.Tensor) -> torch.Tensor:
+    """Raise ValueError unless ``c`` (float64) is finite, symmetric and PSD up to ``PSD_RTOL``."""
+    check_finite(name, c)
+    scale = c.abs().max().item()
+    if (c - c.T).abs().max().item() > PSD_RTOL * scale:
+        raise ValueError(f"{name} must be a symmetric covariance matrix (C = C^T)")
+    evals = torch.linalg.eigvalsh((c + c.T) / 2)  # (D,) ascending
+    lowest, largest = evals[0].item(), evals.abs().max().item()
+    if lowest < -PSD_RTOL * largest:
+        raise ValueError(
+            f"{name} must be positive semi-definite (a covariance), but it has the eigenvalue "
+            f"{lowest:.4g} (allowed: >= -{PSD_RTOL:g} * max |eigenvalue| = {-PSD_RTOL * largest:.3g})"
+        )
+    return c
+
+
 def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
     """Square root of a symmetric positive semi-definite matrix by eigendecomposition (float64)."""
     evals, evecs = torch.linalg.eigh((a + a.T) / 2)
@@ -180,8 +208,9 @@ def gaussian_frechet_distance(
 
     The squared 2-Wasserstein distance between N(mu1, cov1) and N(mu2, cov2). Computed in
     float64 through the symmetric form cov1^1/2 cov2 cov1^1/2 (its eigenvalues are those of
-    cov1 cov2, but eigh is stable where a general matrix square root is not).
-    Book: Evaluating samples, eq. (frechet). Heusel et al. 2017, eq. 6.
+    cov1 cov2, but eigh is stable where a general matrix square root is not). Both covariances
+    must be symmetric positive semi-definite (up to ``PSD_RTOL``), else ``ValueError``.
+    Book: Evaluating samples (Part 2). Heusel et al. 2017, eq. 6.
     """
     mu1, mu2 = mu1.double().flatten(), mu2.double().flatten()
     cov1, cov2 = cov1.double(), cov2.double()
@@ -191,6 +220,10 @@ def gaussian_frechet_distance(
             raise ValueError(f"{name} must have shape ({d}, {d}), got {tuple(c.shape)}")
     if mu2.shape != mu1.shape:
         raise ValueError(f"mu1 and mu2 must have the same shape, got {d} and {mu2.shape[0]}")
+    for name, v in (("mu1", mu1), ("mu2", mu2)):
+        check_finite(name, v)
+    for name, c in (("cov1", cov1), ("cov2", cov2)):
+        _check_covariance(name, c)
     root1 = _sqrtm_psd(cov1)
     middle = root1 @ cov2 @ root1  # (D, D), symmetric PSD
     tr_cross = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
@@ -201,7 +234,7 @@ def gaussian_frechet_distance(
 def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted (mean, unbiased covariance) to two feature sets.
 
-    Book: Evaluating samples, eq. (frechet). Heusel et al. 2017, eq. 6.
+    Book: Evaluating samples (Part 2). Heusel et al. 2017, eq. 6.
     """
     f1, f2 = _check_pair(features1, features2, min_n=2)
     f1, f2 = f1.double(), f2.double()
@@ -214,9 +247,13 @@ def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
 def mnist_fid(images: torch.Tensor, reference: torch.Tensor, classifier: torch.nn.Module) -> float:
     """MNIST-FID (own classifier features): Fréchet distance of the classifier's penultimate features.
 
-    ``images`` and ``reference``: (N, 1, 28, 28) in [-1, 1]. NOT comparable to Inception FID.
-    Compare it with the real-vs-real value at the same N (``mnist_fid(train_subset, test_subset)``).
+    ``images`` and ``reference``: (N, 1, 28, 28) in [-1, 1] (up to ``IMAGE_RANGE_TOL``; clamp
+    samples first). NOT comparable to Inception FID. Compare it with the real-vs-real value at the
+    same N (``mnist_fid(train_subset, test_subset)``).
     """
+    for name, x in (("images", images), ("reference", reference)):
+        check_float_tensor(name, x)
+        check_values_in(f"{name} (scale to [-1, 1] and clamp)", x, -1.0, 1.0, tol=IMAGE_RANGE_TOL)
     return frechet_distance(
         classifier_features(classifier, images), classifier_features(classifier, reference)
     )
@@ -238,10 +275,10 @@ def confident_fraction(
 
 
 def class_accuracy(classifier: torch.nn.Module, images: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction of class-conditional samples that the classifier assigns to the requested class ``y``."""
-    y = torch.as_tensor(y)
-    if y.shape != (images.shape[0],):
-        raise ValueError(f"y must have shape ({images.shape[0]},), got {tuple(y.shape)}")
+    """Fraction of class-conditional samples that the classifier assigns to the requested class ``y``.
+
+    ``y``: integer labels (N,) in 0..num_classes-1 (0..9 for MNIST), else ``ValueError``/``TypeError``.
+    """
     return accuracy(classifier, images, y)
 
 

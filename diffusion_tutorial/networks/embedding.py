@@ -1,6 +1,8 @@
-"""What every denoising network shares: the sinusoidal time embedding and checks of t and y.
+"""What every denoising network shares: the sinusoidal time embedding and the label check.
 
-Book: The denoising network. Vaswani et al. 2017 (sinusoidal embedding); Ho et al. 2020, Appendix B.
+Times are checked by the package's one time validator, ``checks.check_time_indices``.
+Book: The denoising network (Part 2). Vaswani et al. 2017 (sinusoidal embedding); Ho et al. 2020,
+Appendix B.
 """
 
 from __future__ import annotations
@@ -9,40 +11,27 @@ import math
 
 import torch
 
-from diffusion_tutorial.checks import check_time_indices
+from diffusion_tutorial.checks import check_labels
 
-__all__ = ["sinusoidal_embedding", "validate_t", "validate_y"]
+__all__ = ["sinusoidal_embedding", "validate_y", "check_input_dtype"]
 
 
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+def sinusoidal_embedding(
+    t: torch.Tensor, dim: int, max_period: float = 10_000.0, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Map times t (B,) to [sin(t w_k), cos(t w_k)] with w_k = max_period**(-k/(dim/2)); (B, dim).
 
-    Book: The denoising network, eq. (time-embedding). Vaswani et al. 2017, sec. 3.5.
+    Computed in float32 (float64 when ``dtype`` is float64) and returned in ``dtype``, so a network
+    cast with ``.double()`` or ``.half()`` gets an embedding in its own dtype; for float32 the
+    result is the same, bit for bit, as before ``dtype`` existed.
+    Book: The denoising network (Part 2). Vaswani et al. 2017, sec. 3.5.
     """
+    work = torch.float64 if dtype == torch.float64 else torch.float32
     half = dim // 2
-    k = torch.arange(half, device=t.device, dtype=torch.float32)  # (dim/2,)
+    k = torch.arange(half, device=t.device, dtype=work)  # (dim/2,)
     freqs = torch.exp(-math.log(max_period) * k / half)  # (dim/2,)
-    angles = t.float()[:, None] * freqs[None, :]  # (B, dim/2)
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # (B, dim)
-
-
-def validate_t(
-    t: torch.Tensor | int, batch: int, T: int, device: torch.device, check_values: bool = True
-) -> torch.Tensor:
-    """Return t as an int64 tensor (B,) of book indices, or raise ValueError outside 1..T.
-
-    Unlike the samplers, a model also accepts integer-valued floats and a 0-d tensor (one time for
-    the whole batch). ``check_values=False`` skips the range check, which waits for the GPU (used
-    while training on CUDA, where the loss has already checked t).
-    """
-    t = torch.as_tensor(t, device=device)
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise ValueError("t must hold integer book indices 1..T, got non-integer values")
-        t = t.long()
-    if t.ndim == 0:
-        t = t.expand(batch)
-    return check_time_indices("t", t, batch, 1, T, device, check_values=check_values)  # (B,)
+    angles = t.to(work)[:, None] * freqs[None, :]  # (B, dim/2)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(dtype)  # (B, dim)
 
 
 def validate_y(
@@ -52,17 +41,29 @@ def validate_y(
     device: torch.device,
     check_values: bool = True,
 ) -> torch.Tensor:
-    """Return labels (B,) in 0..num_classes (num_classes = null class); None means all null."""
+    """Return labels (B,) in 0..num_classes (num_classes = null class); None means all null.
+
+    A bool or float tensor is a ``TypeError`` (see ``checks.check_labels``).
+    """
     if y is None:
         return torch.full((batch,), num_classes, dtype=torch.long, device=device)  # (B,)
-    y = torch.as_tensor(y, device=device)
-    if y.is_floating_point() or y.shape != (batch,):
-        raise ValueError(
-            f"y must be an integer tensor of shape ({batch},), got {y.dtype} {tuple(y.shape)}"
-        )
-    if check_values and (int(y.min()) < 0 or int(y.max()) > num_classes):
+    y = check_labels("y", y, batch, num_classes, device, check_values=False)  # (B,) int64
+    if check_values and batch and (int(y.min()) < 0 or int(y.max()) > num_classes):
         raise ValueError(
             f"y must be class labels in 0..{num_classes - 1} (or {num_classes} = null class), "
             f"got values in {int(y.min())}..{int(y.max())}"
         )
-    return y.long()  # (B,)
+    return y
+
+
+def check_input_dtype(x_t: torch.Tensor, weight: torch.Tensor) -> None:
+    """Raise ``TypeError`` when x_t and the network's weights differ in dtype (outside autocast).
+
+    A network runs in the dtype it is cast to (``model.double()``, ``.half()``, ``.bfloat16()``);
+    its input must match, or ``torch.autocast`` must be on.
+    """
+    if x_t.dtype != weight.dtype and not torch.is_autocast_enabled(x_t.device.type):
+        raise TypeError(
+            f"x_t has dtype {x_t.dtype} but the network's weights are {weight.dtype}: cast one "
+            f"to the other (model.to(x_t.dtype) or x_t.to({weight.dtype})) or use torch.autocast"
+        )

@@ -1,6 +1,6 @@
 """Classifier-free guidance: eps_hat = eps_uncond + w (eps_cond - eps_uncond).
 
-Book: Guidance, eq. (cfg). Ho & Salimans 2022, eq. 6 (their w is our ``guidance_scale - 1``:
+Book: Guidance (Part 4). Ho & Salimans 2022, eq. 6 (their w is our ``guidance_scale - 1``:
 here ``guidance_scale = 1`` is the plain conditional model and 0 the unconditional one).
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from diffusion_tutorial.checks import check_float_in_range
+from diffusion_tutorial.checks import check_float_in_range, check_labels
 
 __all__ = ["classifier_free_guidance"]
 
@@ -21,11 +21,12 @@ def classifier_free_guidance(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap a conditional model as eps(x_t, t) = eps_uncond + w (eps_cond - eps_uncond), w = guidance_scale.
 
-    ``y``: int64 (B,) labels in 0..num_classes-1; the unconditional prediction uses the null label
+    ``y``: integer (B,) labels in 0..num_classes-1 (not None, bool or float: use the model
+    itself for unconditional samples); the unconditional prediction uses the null label
     ``model.config.num_classes``. Each call runs ONE batched forward pass on the concatenation
     [x_t; x_t] with labels [y; null], so guidance costs a batch of 2B, not two passes.
     The result plugs into any sampler: ``ddim_sample(classifier_free_guidance(m, y, 3.0), ...)``.
-    Book: Guidance, eq. (cfg). Ho & Salimans 2022, eq. 6 and Algorithm 2.
+    Book: Guidance (Part 4). Ho & Salimans 2022, eq. 6 and Algorithm 2.
     """
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if num_classes is None:
@@ -33,13 +34,7 @@ def classifier_free_guidance(
             "classifier_free_guidance needs a conditional model (config.num_classes set)"
         )
     w = check_float_in_range("guidance_scale", guidance_scale, 0.0, None)
-    y = torch.as_tensor(y)
-    if y.ndim != 1 or y.is_floating_point():
-        raise ValueError(
-            f"y must be an integer tensor of shape (B,), got {y.dtype} {tuple(y.shape)}"
-        )
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"y must be class labels in 0..{num_classes - 1}, got {y.tolist()}")
+    y = check_labels("y", y, None, num_classes - 1)  # (B,) int64; None, bool or float: TypeError
 
     def guided_eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         B = x_t.shape[0]

@@ -12,8 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_tutorial.checks import check_positive_int
-from diffusion_tutorial.networks.embedding import sinusoidal_embedding, validate_t, validate_y
+from diffusion_tutorial.checks import check_positive_int, check_time_indices
+from diffusion_tutorial.networks.embedding import (
+    check_input_dtype,
+    sinusoidal_embedding,
+    validate_y,
+)
 
 __all__ = ["MLPConfig", "MLPDenoiser"]
 
@@ -68,8 +72,9 @@ class MLPDenoiser(nn.Module):
         cfg = self.config
         if x_t.ndim != 2 or x_t.shape[1] != cfg.dim:
             raise ValueError(f"x_t must have shape (B, {cfg.dim}), got {tuple(x_t.shape)}")
-        t = validate_t(t, x_t.shape[0], cfg.T, x_t.device)  # (B,)
-        emb = self.time_mlp(sinusoidal_embedding(t, cfg.hidden))  # (B, hidden)
+        check_input_dtype(x_t, self.lin_in.weight)
+        t = check_time_indices("t", t, x_t.shape[0], 1, cfg.T, x_t.device)  # (B,)
+        emb = self.time_mlp(sinusoidal_embedding(t, cfg.hidden, dtype=x_t.dtype))  # (B, hidden)
         if self.class_emb is not None:
             emb = emb + self.class_emb(validate_y(y, x_t.shape[0], cfg.num_classes, x_t.device))
         elif y is not None:

@@ -15,8 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_tutorial.checks import check_positive_int
-from diffusion_tutorial.networks.embedding import sinusoidal_embedding, validate_t, validate_y
+from diffusion_tutorial.checks import check_float_in_range, check_positive_int, check_time_indices
+from diffusion_tutorial.networks.embedding import (
+    check_input_dtype,
+    sinusoidal_embedding,
+    validate_y,
+)
 
 __all__ = ["UNetConfig", "UNet", "PRESETS"]
 
@@ -45,10 +49,17 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         self.channel_mults = tuple(int(m) for m in self.channel_mults)  # JSON gives a list
-        check_positive_int("in_channels", self.in_channels)
-        check_positive_int("base_channels", self.base_channels)
-        check_positive_int("num_res_blocks", self.num_res_blocks)
-        check_positive_int("T", self.T)
+        for name in (
+            "in_channels",
+            "image_size",
+            "base_channels",
+            "num_res_blocks",
+            "num_heads",
+            "T",
+            "groups",
+        ):
+            check_positive_int(name, getattr(self, name))
+        check_float_in_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         if not self.channel_mults or min(self.channel_mults) < 1:
             raise ValueError(f"channel_mults must be positive ints, got {self.channel_mults}")
         factor = 2 ** (len(self.channel_mults) - 1)
@@ -59,11 +70,12 @@ class UNetConfig:
             )
         for m in self.channel_mults:
             if (m * self.base_channels) % self.groups != 0:
-                raise ValueError(f"every width must be divisible by groups={self.groups}")
+                raise ValueError(
+                    f"groups must divide every width base_channels * channel_mults[i], "
+                    f"got groups={self.groups} and width {m * self.base_channels}"
+                )
         if self.num_classes is not None:
             check_positive_int("num_classes", self.num_classes)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 PRESETS: dict[str, UNetConfig] = {
@@ -219,11 +231,12 @@ class UNet(nn.Module):
                 f"x_t must have shape (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}), "
                 f"got {tuple(x_t.shape)}"
             )
+        check_input_dtype(x_t, self.conv_in.weight)
         B = x_t.shape[0]
         # Range checks wait for the GPU: skip them in CUDA training (the loss already checked t).
         checks = not (self.training and x_t.is_cuda)
-        t = validate_t(t, B, cfg.T, x_t.device, checks)  # (B,)
-        emb = self.time_mlp(sinusoidal_embedding(t, 4 * cfg.base_channels))  # (B, E)
+        t = check_time_indices("t", t, B, 1, cfg.T, x_t.device, check_values=checks)  # (B,)
+        emb = self.time_mlp(sinusoidal_embedding(t, 4 * cfg.base_channels, dtype=x_t.dtype))
         if self.class_emb is not None:
             emb = emb + self.class_emb(
                 validate_y(y, B, cfg.num_classes, x_t.device, checks)
