@@ -1,6 +1,9 @@
-"""Sphinx extension: show the package's docstrings as preformatted plain text in the API reference.
+"""Sphinx extension for the API reference (book/api.md): this checkout's package, plain docstrings.
 
-The docstrings of ``diffusion_tutorial`` are written for ``help()`` in a notebook: plain text
+Autodoc imports ``diffusion_tutorial`` from the repository that is being built, ahead of any
+other installed copy, so the page always describes the code next to it.
+
+The docstrings are shown as preformatted plain text. They are written for ``help()`` in a notebook: plain text
 with formulas laid out over several lines, such as ``x_s = sqrt(alpha_bar_s) x0_hat + ...``.
 Parsed as reStructuredText, their ``*``, ``|`` and trailing ``_`` become markup and their
 indented formula lines become definition lists, so the page would garble the maths (or the
@@ -13,6 +16,10 @@ that ``help()`` readers do in their head: ````x```` becomes ``x``, and a role su
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # book/_ext/ -> repository root
 
 _ROLE = re.compile(r":[a-z]+:`(~?)([^`<]*?)(?:\s*<([^>]*)>)?`")
 _CITE = re.compile(r"\{cite\}`([^`]*)`")
@@ -45,5 +52,7 @@ def preformat(app, what, name, obj, options, lines: list[str]) -> None:
 
 
 def setup(app):
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     app.connect("autodoc-process-docstring", preformat)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
