@@ -15,7 +15,6 @@ import hashlib
 import importlib.resources
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,8 +24,9 @@ from safetensors.torch import load_file as _st_load_file
 from safetensors.torch import save_file as _st_save_file
 from torch import nn
 
-from diffusion_tutorial.core import schedules
+from diffusion_tutorial.core.schedules import SCHEDULES
 from diffusion_tutorial.evaluation.classifier import ClassifierConfig, MNISTClassifier
+from diffusion_tutorial.files import atomic_write
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
 __all__ = [
@@ -83,7 +83,6 @@ CLASSIFIER = WeightsEntry(
     "--out diffusion_tutorial/weights/mnist_classifier.safetensors",
 )
 _RESERVED = {"unet_config", "schedule", "classifier_config"}
-_SCHEDULES = {"linear", "cosine"}
 
 
 class ChecksumError(RuntimeError):
@@ -103,24 +102,11 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def _write(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str]) -> Path:
-    """Write ``module``'s state_dict and string ``metadata`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``module``'s state_dict and string ``metadata`` atomically (``files.atomic_write``)."""
     # Clone so tied/shared tensors become separate (safetensors refuses shared storage) and
     # move to CPU so a checkpoint written on a GPU loads anywhere.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _st_save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)  # atomic on POSIX and Windows: readers see the old or the new file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: _st_save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _encode(metadata: dict[str, Any]) -> dict[str, str]:
@@ -144,7 +130,7 @@ def save(
     config = getattr(model, "config", None)
     if config is None or not dataclasses.is_dataclass(config):
         raise TypeError("model must have a dataclass `config` attribute (e.g. UNetConfig)")
-    _check_schedule(schedule)
+    _check_schedule(schedule, getattr(config, "T", None))
     meta = {"unet_config": json.dumps(dataclasses.asdict(config)), "schedule": json.dumps(schedule)}
     meta.update(_encode(metadata))
     return _write(path, model, meta)
@@ -160,20 +146,27 @@ def save_classifier(path: str | os.PathLike, classifier: nn.Module, **metadata: 
 # --------------------------------------------------------------------------------------- reading
 
 
-def _check_schedule(schedule: object) -> None:
-    if not isinstance(schedule, dict) or schedule.get("name") not in _SCHEDULES:
+def _check_schedule(schedule: object, model_T: int | None = None) -> None:
+    """Raise unless ``schedule`` is ``{"name": <in SCHEDULES>, "T": <int >= 1>}`` with the model's T."""
+    if not isinstance(schedule, dict) or schedule.get("name") not in SCHEDULES:
         raise ValueError(
-            f"schedule must be a dict with 'name' in {sorted(_SCHEDULES)} and an int 'T', "
+            f"schedule must be a dict with 'name' in {sorted(SCHEDULES)} and an int 'T', "
             f"got {schedule!r}"
         )
-    if isinstance(schedule.get("T"), bool) or not isinstance(schedule.get("T"), int):
-        raise ValueError(f"schedule['T'] must be an int, got {schedule.get('T')!r}")
+    T = schedule.get("T")
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"schedule['T'] must be an int >= 1, got {T!r}")
+    if model_T is not None and T != model_T:
+        raise ValueError(
+            f"schedule['T'] must equal the model's T = {model_T} (the network embeds t = 1..T), "
+            f"got {T}"
+        )
 
 
-def _build_schedule(spec: dict[str, Any]):
+def _build_schedule(spec: dict[str, Any], model_T: int | None = None):
     """Re-create the noise schedule named in a checkpoint, e.g. ``linear_schedule(T=1000)``."""
-    _check_schedule(spec)
-    return getattr(schedules, f"{spec['name']}_schedule")(spec["T"])
+    _check_schedule(spec, model_T)
+    return SCHEDULES[spec["name"]](spec["T"])
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:
@@ -233,8 +226,12 @@ def load_file(
             "diffusion_tutorial.pretrained.save"
         )
     model = _build_unet(meta["unet_config"])
+    try:
+        schedule = _build_schedule(meta["schedule"], model.config.T)
+    except ValueError as err:
+        raise ValueError(f"{path} pairs a model and a schedule that do not fit: {err}") from err
     model.load_state_dict(_st_load_file(str(path), device="cpu"))
-    return model.to(device).eval(), _build_schedule(meta["schedule"])
+    return model.to(device).eval(), schedule
 
 
 def weights_path(filename: str) -> Path:

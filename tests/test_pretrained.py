@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from diffusion_tutorial import pretrained
-from diffusion_tutorial.core.schedules import cosine_schedule, linear_schedule
+from diffusion_tutorial.core.schedules import SCHEDULES, cosine_schedule, linear_schedule
 from diffusion_tutorial.evaluation.classifier import MNISTClassifier
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
@@ -181,3 +181,48 @@ def test_weights_path_points_into_the_package():
     assert pretrained.weights_path("x.safetensors").parent == (
         Path(pretrained.__file__).parent / "weights"
     )
+
+
+@pytest.mark.parametrize(
+    ("schedule", "match"),
+    [({"name": "linear", "T": 0}, "int >= 1"), ({"name": "linear", "T": 40}, "model's T = 50")],
+)
+def test_save_refuses_a_schedule_whose_T_is_not_the_models(tmp_path, tiny_model, schedule, match):
+    with pytest.raises(ValueError, match=match):
+        pretrained.save(tmp_path / "m.safetensors", tiny_model, schedule=schedule)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_file_refuses_a_T500_schedule_with_a_T1000_model(tmp_path):
+    # Written around save's check, as another tool (or an older version) might have done.
+    model = UNet(dataclasses.replace(TINY, T=1000))
+    meta = {
+        "unet_config": json.dumps(dataclasses.asdict(model.config)),
+        "schedule": json.dumps({"name": "linear", "T": 500}),
+    }
+    path = pretrained._write(tmp_path / "m.safetensors", model, meta)
+    with pytest.raises(ValueError, match="do not fit.*model's T = 1000.*got 500"):
+        pretrained.load_file(path)
+
+
+def test_every_registered_schedule_round_trips(tmp_path, tiny_model):
+    for name, make in SCHEDULES.items():
+        path = pretrained.save(
+            tmp_path / f"{name}.st", tiny_model, schedule={"name": name, "T": 50}
+        )
+        _, schedule = pretrained.load_file(path)
+        torch.testing.assert_close(schedule.alpha_bar, make(50).alpha_bar, rtol=0, atol=0)
+
+
+def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, tiny_model, monkeypatch):
+    path = pretrained.save(tmp_path / "m.safetensors", tiny_model, schedule=SCHEDULE)
+    before = path.read_bytes()
+
+    def half_then_fail(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pretrained, "_st_save_file", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        pretrained.save(path, tiny_model, schedule=SCHEDULE, steps=2)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]

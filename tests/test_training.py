@@ -1,32 +1,26 @@
-"""Tests for the training loop: exact resumption, time limit, export, CLI and DDP on 2 CPU processes."""
+"""Tests for the training loop: exact resumption, loss rows, time limit, export, init, NaN guard.
+
+Image runs use ``fake_mnist``: 64 random 8x8 "digits" through the same code path as MNIST
+(``build.mnist_train`` is the only thing replaced), so they take a second, not a minute; one
+slow test trains on the real MNIST files.
+"""
 
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from diffusion_tutorial import pretrained
-from diffusion_tutorial.training.cli import parse_args
-from diffusion_tutorial.training.loop import (
-    TrainConfig,
-    _autocast_dtype,
-    batch_indices,
-    learning_rate,
-    train,
-)
+from diffusion_tutorial.core.schedules import linear_schedule
+from diffusion_tutorial.training import build, loop
+from diffusion_tutorial.training.build import autocast_dtype
+from diffusion_tutorial.training.config import TrainConfig, learning_rate
+from diffusion_tutorial.training.loop import batch_indices, train
 
-from .conftest import ROOT, mnist_available
-
-needs_mnist = pytest.mark.skipif(not mnist_available(), reason="MNIST files not found offline")
-# MNIST runs read 60,000 images and sample a grid: ~20 s each on 2 cores, so they are slow tests.
-slow_mnist = [needs_mnist, pytest.mark.slow]
+from .conftest import mnist_available
 
 
 def toy_config(out: Path, **kw) -> TrainConfig:
@@ -39,6 +33,7 @@ def toy_config(out: Path, **kw) -> TrainConfig:
         sample_every=0,
         checkpoint_every=0,
         log_every=1,
+        T=50,
         out_dir=str(out),
         progress=False,
         device="cpu",
@@ -51,6 +46,34 @@ def mnist_config(out: Path, **kw) -> TrainConfig:
     return toy_config(out, dataset="mnist", model="tiny", batch_size=8, **kw)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks run faster on one thread; two threads on a busy CPU wait for each other
+    (30 s instead of 1 s for six U-Net steps on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """64 random 8x8 images in [-1, 1] with labels 0..9 in place of the MNIST training set."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 8, 8, generator=g) * 2 - 1  # (64, 1, 8, 8)
+    labels = torch.arange(64) % 10  # (64,)
+    monkeypatch.setattr(build, "mnist_train", lambda: (images, labels))
+
+
+def rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, weights_only=True)
+    return {**state["model"], **{f"ema.{k}": v for k, v in state["ema"]["model"].items()}}
+
+
 @pytest.mark.parametrize("step", [0, 5, 12])
 def test_batches_of_an_epoch_form_a_permutation(step):
     # n = 50, batch 10: 5 batches per epoch; the union of an epoch's batches is every index once.
@@ -60,37 +83,40 @@ def test_batches_of_an_epoch_form_a_permutation(step):
     assert torch.equal(batch_indices(step, 50, 10, seed=3), batch_indices(step, 50, 10, seed=3))
 
 
-@pytest.mark.parametrize("make", [toy_config, pytest.param(mnist_config, marks=slow_mnist)])
-@pytest.mark.parametrize("conditional", [False, True])
-def test_resume_gives_the_same_losses(tmp_path, make, conditional):
+@pytest.mark.parametrize(
+    ("make", "conditional"),
+    [(toy_config, False), (mnist_config, False), (mnist_config, True)],
+    ids=["toy", "images", "images-conditional"],
+)
+def test_resume_gives_the_same_losses_and_weights(tmp_path, fake_mnist, make, conditional):
     # Exact equality (no tolerance): on CPU the resumed run must replay the very same arithmetic.
-    if conditional and make is toy_config:
-        pytest.skip("toy sets have no labels")
     whole = train(make(tmp_path / "whole", conditional=conditional))
     first = train(make(tmp_path / "split", conditional=conditional, steps=3))
     second = train(make(tmp_path / "split", conditional=conditional, resume=True))
     assert first.step == 3 and second.step == 6
     assert first.losses + second.losses == whole.losses
-    csv_rows = list(csv.DictReader((tmp_path / "split" / "loss.csv").open()))
-    assert [float(r["loss"]) for r in csv_rows] == pytest.approx(
-        [v for _, v in whole.losses], abs=1e-6
+    got = [float(r["loss"]) for r in rows(tmp_path / "split" / "loss.csv")]
+    assert got == [float(r["loss"]) for r in rows(tmp_path / "whole" / "loss.csv")]
+    a, b = (
+        weights(tmp_path / "whole" / "checkpoint.pt"),
+        weights(tmp_path / "split" / "checkpoint.pt"),
     )
-    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    for key in a["ema"]["model"]:
-        assert torch.equal(a["ema"]["model"][key], b["ema"]["model"][key]), key
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_between_log_rows_averages_only_the_steps_it_ran(tmp_path):
-    # Oracle: the per-step losses of an uninterrupted run (log_every=1). A run stopped at step 2
-    # and resumed with log_every=3 logs steps 1-2, then step 3 alone, then the mean of steps 4-6.
-    per_step = [v for _, v in train(toy_config(tmp_path / "whole")).losses]
-    train(toy_config(tmp_path / "split", steps=2, log_every=3))
-    resumed = train(toy_config(tmp_path / "split", log_every=3, resume=True))
-    assert resumed.losses == [
-        (3, pytest.approx(per_step[2])),
-        (6, pytest.approx(sum(per_step[3:6]) / 3)),
-    ]
+@pytest.mark.parametrize("stop", [2, 3, 4])
+def test_a_loss_row_that_straddles_the_resume_point_equals_the_uninterrupted_row(tmp_path, stop):
+    # log_every=3 over 7 steps: rows 3, 6 and the end row 7. Stopped at `stop` (before, on and
+    # after a row), the resumed loss.csv must hold the very rows of the uninterrupted run.
+    def run(out: Path, **kw) -> list[tuple[str, str, str]]:
+        train(toy_config(out, **{"steps": 7, "log_every": 3, **kw}))
+        return [(r["step"], r["loss"], r["lr"]) for r in rows(out / "loss.csv")]
+
+    whole = run(tmp_path / "whole")
+    assert [r[0] for r in whole] == ["3", "6", "7"]
+    run(tmp_path / "split", **{"steps": stop})
+    assert run(tmp_path / "split", resume=True) == whole
 
 
 def test_cosine_lr_decay_warms_up_then_halves_at_midpoint_and_resumes_exactly(tmp_path):
@@ -106,15 +132,13 @@ def test_cosine_lr_decay_warms_up_then_halves_at_midpoint_and_resumes_exactly(tm
     second = train(toy_config(tmp_path / "split", lr_decay="cosine", resume=True))
     assert second.losses == whole.losses[3:]
     run = toy_config(tmp_path, lr_decay="cosine")
-    rows = list(csv.DictReader((tmp_path / "split" / "loss.csv").open()))
-    assert [float(r["lr"]) for r in rows] == pytest.approx(
-        [learning_rate(run, int(r["step"]) - 1) for r in rows], rel=1e-3
+    logged = rows(tmp_path / "split" / "loss.csv")
+    assert [float(r["lr"]) for r in logged] == pytest.approx(
+        [learning_rate(run, int(r["step"]) - 1) for r in logged], rel=1e-3
     )  # loss.csv keeps 4 significant digits
 
 
-@needs_mnist
-@pytest.mark.slow
-def test_time_limit_stops_cleanly_and_exports(tmp_path):
+def test_time_limit_stops_cleanly_and_exports(tmp_path, fake_mnist):
     cfg = mnist_config(
         tmp_path,
         steps=100,
@@ -124,10 +148,10 @@ def test_time_limit_stops_cleanly_and_exports(tmp_path):
     )
     result = train(cfg)
     assert result.stopped_by_time_limit and result.step == 1
-    assert (tmp_path / "checkpoint.pt").exists()
+    assert [r["step"] for r in rows(tmp_path / "loss.csv")] == ["1"]  # the end row
     assert list(tmp_path.glob("samples_*.png"))
     model, schedule = pretrained.load_file(tmp_path / "w.safetensors")
-    assert schedule.T == 1000
+    assert schedule.T == 50
     ema = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["ema"]["model"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, ema[key]), key
@@ -135,21 +159,21 @@ def test_time_limit_stops_cleanly_and_exports(tmp_path):
     assert meta["steps"] == 1 and meta["parameters"] == model.num_parameters()
 
 
-@needs_mnist
-@pytest.mark.slow
-def test_init_starts_from_exported_weights(tmp_path):
-    # Run 1 exports its EMA weights (no sample grids: the export must not depend on them); run 2
-    # starts from that file and exports after 0 steps, so its EMA must be exactly those weights.
+def test_init_starts_from_exported_weights(tmp_path, fake_mnist):
+    # Run 1 exports its EMA weights; the network that run 2 builds and fills with --init must
+    # hold exactly those weights, and run 2's model card must say where they came from.
     first = tmp_path / "first.safetensors"
     train(mnist_config(tmp_path / "a", steps=2, export=str(first)))
-    second = tmp_path / "second.safetensors"
-    train(mnist_config(tmp_path / "b", steps=0, init=str(first), export=str(second)))
+    cfg = mnist_config(tmp_path / "b", steps=1, init=str(first), export=str(tmp_path / "b.st"))
+    got = build.build_model(cfg, build.mnist_train()[0])
+    build.load_init(got, cfg, linear_schedule(cfg.T))
     want, _ = pretrained.load_file(first)
-    got, _ = pretrained.load_file(second)
     for key, value in want.state_dict().items():
         assert torch.equal(value, got.state_dict()[key]), key
+    train(cfg)
+    second = tmp_path / "b.st"
     card = pretrained.card_file(second)  # steps count this run; "init" says where it started
-    assert card["steps"] == 0
+    assert card["steps"] == 1
     assert card["init"] == {
         "from": str(first),
         "sha256": pretrained.sha256_file(first),
@@ -160,127 +184,57 @@ def test_init_starts_from_exported_weights(tmp_path):
     }
 
 
-def test_bad_init_raises(tmp_path):
-    with pytest.raises(ValueError, match="init must be one of"):
+@pytest.mark.slow
+@pytest.mark.skipif(not mnist_available(), reason="MNIST files not found offline")
+def test_two_steps_on_real_mnist_resume_exactly(tmp_path):
+    # The real data path (60,000 images read from disk) once; everything else uses fake_mnist.
+    whole = train(mnist_config(tmp_path / "whole", steps=2, T=1000))
+    train(mnist_config(tmp_path / "split", steps=1, T=1000))
+    second = train(mnist_config(tmp_path / "split", steps=2, T=1000, resume=True))
+    assert second.losses == whole.losses[1:]
+
+
+def test_bad_init_raises_before_the_folder_changes(tmp_path):
+    with pytest.raises(ValueError, match="--init must be one of"):
         train(toy_config(tmp_path, init=str(tmp_path / "missing.safetensors")))
     with pytest.raises(ValueError, match="different network"):
-        train(toy_config(tmp_path, init="mnist"))  # the shipped U-Net into a 2-D MLP
+        train(toy_config(tmp_path, init="mnist", T=1000))  # the shipped U-Net into a 2-D MLP
+    assert list(tmp_path.iterdir()) == []
+
+
+def _nan_after(monkeypatch, good_steps: int) -> None:
+    """Make the loss NaN from step good_steps + 1 on (NaN gradients, then NaN weights)."""
+    real, calls = loop.simple_loss, []
+
+    def nan_loss(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) > good_steps else loss
+
+    monkeypatch.setattr(loop, "simple_loss", nan_loss)
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, None])
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_finite_checkpoint(
+    tmp_path, monkeypatch, grad_clip
+):
+    # Rows only at the end (log_every > steps) but a checkpoint every step: the checkpoint of
+    # step 2 must survive, never be replaced by NaN weights, and the run must fail.
+    _nan_after(monkeypatch, good_steps=2)
+    cfg = toy_config(tmp_path, log_every=100, checkpoint_every=1, grad_clip=grad_clip)
+    with pytest.raises(FloatingPointError, match="NaN or inf by step 3"):
+        train(cfg)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in weights(tmp_path / "checkpoint.pt").values())
 
 
 def test_bf16_on_cpu_only_when_asked():
     cpu = torch.device("cpu")
-    assert _autocast_dtype("bf16", cpu) == torch.bfloat16
-    assert _autocast_dtype("auto", cpu) is None and _autocast_dtype("fp16", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("fp16", cpu) is None
 
 
 def test_toy_run_writes_a_histogram_grid(tmp_path):
     train(toy_config(tmp_path, steps=2, sample_every=2))
     assert (tmp_path / "samples_0000002.png").exists()
-
-
-def test_cli_arguments_map_to_the_config():
-    cfg = parse_args(
-        [
-            "--dataset",
-            "checkerboard",
-            "--steps",
-            "7",
-            "--batch-size",
-            "64",
-            "--lr",
-            "1e-3",
-            "--schedule",
-            "cosine",
-            "--time-limit-min",
-            "1.5",
-            "--out",
-            "x",
-            "--resume",
-            "--init",
-            "mnist",
-            "--lr-decay",
-            "cosine",
-        ]
-    )
-    assert (cfg.dataset, cfg.steps, cfg.batch_size, cfg.lr, cfg.schedule) == (
-        "checkerboard",
-        7,
-        64,
-        1e-3,
-        "cosine",
-    )
-    assert cfg.time_limit_min == 1.5 and cfg.out_dir == "x" and cfg.resume and cfg.init == "mnist"
-    assert cfg.lr_decay == "cosine" and parse_args([]).lr_decay == "none"
-    assert "--steps 7" in cfg.command
-
-
-def test_cli_help_documents_the_options(capsys):
-    with pytest.raises(SystemExit) as exc:
-        parse_args(["--help"])
-    assert exc.value.code == 0
-    text = capsys.readouterr().out
-    for option in (
-        "--dataset",
-        "--model",
-        "--conditional",
-        "--p-uncond",
-        "--resume",
-        "--init",
-        "--lr-decay",
-        "--time-limit-min",
-        "--sample-every",
-        "torchrun",
-    ):
-        assert option in text
-
-
-def test_bad_settings_raise(tmp_path):
-    with pytest.raises(ValueError, match="labels"):
-        train(toy_config(tmp_path, conditional=True))
-    with pytest.raises(ValueError, match="schedule"):
-        train(toy_config(tmp_path, schedule="quadratic"))
-    with pytest.raises(ValueError, match="precision"):
-        train(toy_config(tmp_path, precision="fp8"))
-    with pytest.raises(ValueError, match="lr_decay must be 'none' or 'cosine'"):
-        train(toy_config(tmp_path, lr_decay="linear"))
-
-
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_ddp_two_cpu_processes(tmp_path):
-    # torchrun with 2 gloo processes: both ranks must agree and rank 0 must log every step.
-    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
-        pytest.skip("torchrun not available")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--standalone",
-        "-m",
-        "diffusion_tutorial.train",
-        "--dataset",
-        "two_moons",
-        "--toy-size",
-        "256",
-        "--steps",
-        "4",
-        "--batch-size",
-        "32",
-        "--log-every",
-        "1",
-        "--sample-every",
-        "0",
-        "--checkpoint-every",
-        "2",
-        "--device",
-        "cpu",
-        "--no-progress",
-        "--out",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    rows = list(csv.DictReader((tmp_path / "loss.csv").open()))
-    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4

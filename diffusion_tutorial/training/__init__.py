@@ -1,4 +1,7 @@
 """Training: the configuration, the loop, checkpoints, the EMA of the weights and the command line.
 
+``config`` (TrainConfig, the one source of every option) · ``build`` (data, network, start
+weights) · ``loop`` (the optimisation) · ``checkpoints`` (the run folder: checkpoint, loss log,
+resume and overwrite rules) · ``outputs`` (sample grids, exported weights) · ``ema`` · ``cli``.
 ``python -m diffusion_tutorial.train --help`` lists the options. Book: Example: DDPM (training).
 """

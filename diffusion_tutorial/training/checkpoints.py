@@ -1,47 +1,39 @@
-"""What the training loop writes: atomic checkpoints, the loss CSV, sample grids and exported weights.
+"""The run folder: atomic checkpoints, the loss CSV, and the rules for starting, resuming, overwriting.
 
-Book: Training the U-Net (checkpoints and resuming).
+A folder that holds a run (``checkpoint.pt`` or ``loss.csv``) is never wiped by accident: a new
+run there needs ``overwrite``, a continued one ``resume``, and a resumed run must keep every
+setting that shapes the optimisation. Book: Training the U-Net (checkpoints and resuming).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
-import os
-import platform
+import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
-from torchvision.utils import save_image
 
-from diffusion_tutorial import pretrained
-from diffusion_tutorial.core.schedules import NoiseSchedule
-from diffusion_tutorial.networks.guidance import classifier_free_guidance
-from diffusion_tutorial.networks.unet import UNet
-from diffusion_tutorial.samplers import dpm_solver_sample
-
-if TYPE_CHECKING:  # pragma: no cover
-    from diffusion_tutorial.training.ema import EMA
-    from diffusion_tutorial.training.loop import TrainConfig
+from diffusion_tutorial.files import atomic_write, temp_files
+from diffusion_tutorial.training.config import ConfigError, TrainConfig, resume_mismatches
+from diffusion_tutorial.training.ema import EMA
 
 __all__ = [
+    "CHECKPOINT",
+    "LOSS_LOG",
     "LossLog",
     "save_checkpoint",
-    "load_checkpoint",
-    "save_sample_grid",
-    "export_weights",
-    "hardware_name",
+    "read_checkpoint",
+    "restore_checkpoint",
+    "check_run_folder",
+    "clear_run_folder",
 ]
 
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+CHECKPOINT, LOSS_LOG = "checkpoint.pt", "loss.csv"
+_KEYS = ("step", "wall_time_s", "model", "ema", "optimizer", "scaler", "generator", "cpu_rng")
+_KEYS += ("cuda_rng", "train_config", "model_config", "loss_window")
 
 
 def save_checkpoint(
@@ -54,8 +46,10 @@ def save_checkpoint(
     step: int,
     wall_time_s: float,
     cfg: TrainConfig,
+    loss_window: dict[str, Any],
 ) -> None:
-    """Everything needed to continue exactly: weights, EMA, optimiser, step and all RNG states."""
+    """Write everything needed to continue exactly, atomically: weights, EMA, optimiser, step,
+    all RNG states and ``loss_window`` (the loss sum since the last loss.csv row on the grid)."""
     device = gen.device
     state = {
         "step": step,
@@ -69,12 +63,33 @@ def save_checkpoint(
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "train_config": dataclasses.asdict(cfg),
         "model_config": dataclasses.asdict(model.config),
+        "loss_window": loss_window,
     }
-    _atomic_torch_save(state, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(
-    path: Path,
+def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, or raise a :class:`ConfigError` that
+    says what is wrong with the file (never torch's advice to unpickle untrusted code)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise ConfigError(
+            f"{path} is not a readable training checkpoint ({type(err).__name__}): it is damaged "
+            "or was not written by diffusion_tutorial. Restore a copy, or pass --overwrite to "
+            "start the run over"
+        ) from None
+    missing = [k for k in _KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ConfigError(
+            f"{path} is not a diffusion_tutorial training checkpoint (missing {missing}); "
+            "restore a copy, or pass --overwrite to start the run over"
+        )
+    return state
+
+
+def restore_checkpoint(
+    state: dict[str, Any],
     model: nn.Module,
     ema: EMA,
     opt: torch.optim.Optimizer,
@@ -82,19 +97,13 @@ def load_checkpoint(
     gen: torch.Generator,
     device: torch.device,
     rank: int = 0,
-) -> dict[str, Any]:
-    """Restore what :func:`save_checkpoint` wrote (in place); returns the raw state dict.
+) -> None:
+    """Restore what :func:`save_checkpoint` wrote into the training objects (in place).
 
     RNG states are per process; a multi-process run restores rank 0's global RNG on every rank
     and re-derives each rank's own generator, so DDP resumption is reproducible but not bitwise
     equal to an uninterrupted DDP run.
     """
-    state = torch.load(path, map_location=device, weights_only=True)
-    if state["model_config"] != dataclasses.asdict(model.config):
-        raise ValueError(
-            f"checkpoint {path} holds a model with config {state['model_config']}, but this run "
-            f"builds {dataclasses.asdict(model.config)}; use the same --model/--dataset/--conditional"
-        )
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     opt.load_state_dict(state["optimizer"])
@@ -106,85 +115,87 @@ def load_checkpoint(
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
     else:
         gen.manual_seed(gen.initial_seed() + state["step"])
-    return state
+
+
+def check_run_folder(
+    out: Path, cfg: TrainConfig, model: nn.Module, device: torch.device
+) -> dict[str, Any] | None:
+    """Decide, without changing anything, how this run may use ``out``: the checkpoint state to
+    resume from, None for a fresh start, or a :class:`ConfigError` that says what to do.
+
+    1. ``resume``: ``out/checkpoint.pt`` must exist, load, hold the same network, the same
+       settings marked ``same_on_resume`` and a step <= ``cfg.steps``.
+    2. Otherwise a folder that holds a run (checkpoint or loss log) needs ``overwrite``.
+    """
+    ckpt = out / CHECKPOINT
+    if cfg.resume:
+        if not ckpt.is_file():
+            raise ConfigError(f"--resume: there is no {ckpt} to resume; drop --resume to start")
+        state = read_checkpoint(ckpt, device)
+        differ = resume_mismatches(state["train_config"], cfg)
+        if differ:
+            raise ConfigError(
+                f"--resume: {ckpt} was trained with other settings; a resumed run must keep "
+                f"them: {'; '.join(differ)}"
+            )
+        if state["model_config"] != dataclasses.asdict(model.config):
+            raise ConfigError(
+                f"--resume: {ckpt} holds a network with config {state['model_config']}, but this "
+                f"run builds {dataclasses.asdict(model.config)}"
+            )
+        if state["step"] > cfg.steps:
+            raise ConfigError(
+                f"--steps must be >= the checkpoint's step {state['step']} to resume, got {cfg.steps}"
+            )
+        return state
+    held = [name for name in (CHECKPOINT, LOSS_LOG) if (out / name).exists()]
+    if held and not cfg.overwrite:
+        raise ConfigError(
+            f"--out {out} already holds a run ({', '.join(held)}): pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    return None
+
+
+def clear_run_folder(out: Path) -> None:
+    """Delete what a previous run wrote in ``out`` (checkpoint, loss log, grids, temp files)."""
+    ckpt = out / CHECKPOINT
+    for path in [ckpt, out / LOSS_LOG, *out.glob("samples_*.png"), *temp_files(ckpt)]:
+        path.unlink(missing_ok=True)
+
+
+def _row_step(row: list[str]) -> float:
+    """The step of a loss.csv row; infinity for a row cut short by a killed process."""
+    return int(row[0]) if len(row) == 4 and row[0].isdigit() else float("inf")
 
 
 class LossLog:
-    """Append ``step,loss,lr,wall_time_s`` rows to a CSV; on resume keep only rows up to that step."""
+    """Append ``step,loss,lr,wall_time_s`` rows to a CSV; each row's loss is the mean over the
+    steps since the previous row.
+
+    Rows fall on multiples of ``log_every``, plus one at the end of a run. A resumed run keeps
+    the rows up to ``keep_until`` (the checkpoint's last row on the grid) and drops later ones,
+    so with the same ``log_every`` its loss and lr columns equal an uninterrupted run's.
+    """
 
     header = ["step", "loss", "lr", "wall_time_s"]
 
-    def __init__(self, path: Path, resume_step: int = 0, enabled: bool = True) -> None:
+    def __init__(self, path: Path, keep_until: int | None = None, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         rows: list[list[str]] = []
-        if resume_step > 0 and path.exists():
-            with path.open() as f:
-                rows = [r for r in list(csv.reader(f))[1:] if r and int(r[0]) <= resume_step]
-        with path.open("w", newline="") as f:
-            csv.writer(f).writerows([self.header, *rows])
+        if keep_until is not None and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in list(csv.reader(f))[1:] if _row_step(r) <= keep_until]
+        text = io.StringIO()
+        csv.writer(text).writerows([self.header, *rows])
+        atomic_write(
+            path, lambda tmp: tmp.write_bytes(text.getvalue().encode())
+        )  # never half a log
 
     def write(self, step: int, loss: float, lr: float, wall_time_s: float) -> None:
-        """Append one row and flush (so a crash keeps everything written so far)."""
+        """Append one row and close the file (so a crash keeps everything written so far)."""
         if self.enabled:
             with self.path.open("a", newline="") as f:
                 csv.writer(f).writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{wall_time_s:.2f}"])
-
-
-@torch.no_grad()
-def save_sample_grid(
-    model: nn.Module,
-    schedule: NoiseSchedule,
-    path: Path,
-    cfg: TrainConfig,
-    n: int = 64,
-) -> Path:
-    """Sample with DPM-Solver++ (20 NFE) from a fixed noise and save an 8x8 image grid as PNG.
-
-    Conditional models draw labels 0..9 in turn with classifier-free guidance; 2-D models save a
-    2-D histogram of 4,096 samples over [-3, 3]^2 as a grey-scale image. Uses its own generator
-    (seeded by ``cfg.seed``), so sampling never disturbs the training random streams.
-    """
-    device = next(model.parameters()).device
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    conf = model.config
-    image = hasattr(conf, "image_size")
-    shape = (n, conf.in_channels, conf.image_size, conf.image_size) if image else (4096, conf.dim)
-    x_T = torch.randn(shape, generator=g).to(device)  # (n, C, H, W) or (4096, D)
-    eps_model = model
-    if conf.num_classes is not None:
-        y = torch.arange(shape[0], device=device) % conf.num_classes  # (n,)
-        eps_model = classifier_free_guidance(model, y, cfg.guidance_scale)
-    # float32 even after mixed-precision training: the solver's coefficients need the precision.
-    x_0 = dpm_solver_sample(eps_model, schedule, x_T, steps=20, progress=False)
-    if image:
-        grid = ((x_0 + 1) / 2).clamp(0, 1)  # (n, C, H, W) in [0, 1]
-    else:
-        pts = x_0[:, :2].cpu()  # (4096, 2)
-        hist, _ = torch.histogramdd(pts, bins=[128, 128], range=[-3.0, 3.0, -3.0, 3.0])
-        grid = (hist / hist.max().clamp_min(1)).T.flip(0)[None, None]  # (1, 1, 128, 128), y up
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid.cpu(), path, nrow=8)
-    return path
-
-
-def hardware_name(device: torch.device, world: int = 1) -> str:
-    """A human-readable name of the training hardware for the model card."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        cpu = platform.processor() or platform.machine()
-        name = f"CPU ({cpu}, {torch.get_num_threads()} threads)"
-    return f"{world} x {name}" if world > 1 else name
-
-
-def export_weights(path: str, model: nn.Module, cfg: TrainConfig, metadata: dict[str, Any]) -> None:
-    """Write the EMA weights as safetensors with the model card metadata (``pretrained.save``)."""
-    if not isinstance(model, UNet):
-        print(f"export skipped: {path} (pretrained.save handles U-Nets only)", flush=True)
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    model = copy.deepcopy(model).cpu()  # safetensors writes CPU tensors
-    pretrained.save(path, model, schedule={"name": cfg.schedule, "T": cfg.T}, **metadata)
-    print(f"exported EMA weights to {path}", flush=True)

@@ -4,8 +4,9 @@ Book: Training the U-Net. Ho et al. 2020, Algorithm 1 (L_simple); Ho & Salimans 
 (label dropout to the null class); Loshchilov & Hutter 2019 (AdamW).
 
 Exact resumption: the data order is a pure function of (seed, step) (one fixed permutation per
-epoch), and the checkpoint stores the model, EMA, optimiser, step and every random state, so an
-interrupted run continued with ``resume=True`` gives the same losses as an uninterrupted one.
+epoch), and the checkpoint stores the model, EMA, optimiser, step, every random state and the
+loss sum since the last row of loss.csv, so an interrupted run continued with ``resume=True``
+takes the same steps and writes the same loss rows as an uninterrupted one.
 Multi-process (``torchrun``): each rank takes a strided share of the same global batch.
 """
 
@@ -19,63 +20,35 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from diffusion_tutorial import data, pretrained
-from diffusion_tutorial.core import schedules
 from diffusion_tutorial.core.losses import simple_loss
-from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
-from diffusion_tutorial.networks.unet import PRESETS, UNet
+from diffusion_tutorial.core.schedules import SCHEDULES
+from diffusion_tutorial.files import check_writable
 from diffusion_tutorial.runtime import default_device, tqdm
-from diffusion_tutorial.training.checkpoints import (
-    LossLog,
-    export_weights,
-    hardware_name,
-    load_checkpoint,
-    save_checkpoint,
-    save_sample_grid,
+from diffusion_tutorial.training.build import (
+    autocast_dtype,
+    build_model,
+    init_provenance,
+    load_dataset,
+    load_init,
 )
+from diffusion_tutorial.training.checkpoints import (
+    CHECKPOINT,
+    LOSS_LOG,
+    LossLog,
+    check_run_folder,
+    clear_run_folder,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from diffusion_tutorial.training.config import ConfigError, TrainConfig, learning_rate
 from diffusion_tutorial.training.ema import EMA
+from diffusion_tutorial.training.outputs import export_weights, hardware_name, save_sample_grid
 
-__all__ = ["TrainConfig", "TrainResult", "train", "build_model", "load_dataset"]
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything one training run needs; the CLI (``python -m diffusion_tutorial.train``) fills it."""
-
-    dataset: str = "mnist"  # "mnist" or a toy 2-D set from data.TOY_DATASETS
-    model: str | None = None  # a U-Net preset (unet.PRESETS) or "mlp"; None: by dataset
-    steps: int = 20_000  # optimiser steps in total (a resumed run continues up to this)
-    batch_size: int = 128  # global batch, split over the processes of a torchrun
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 500  # linear learning-rate warm-up from 0
-    lr_decay: str = "none"  # after warm-up: "none" (constant) or "cosine" (to 0 at `steps`)
-    grad_clip: float = 1.0  # max global gradient norm
-    ema_decay: float = 0.999
-    schedule: str = "linear"  # "linear" or "cosine"
-    T: int = 1000
-    conditional: bool = False  # class-conditional with a learned null class
-    p_uncond: float = 0.1  # probability of replacing the label by the null class
-    guidance_scale: float = 3.0  # for the conditional sample grids
-    out_dir: str = "runs/mnist"
-    seed: int = 0
-    sample_every: int = 2000  # and at the end; 0: no sample grids
-    checkpoint_every: int = 1000  # 0: only at the end
-    log_every: int = 50
-    time_limit_min: float | None = None  # stop cleanly after this many minutes
-    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 elsewhere), "bf16", "fp16", "fp32"
-    device: str | None = None  # None: runtime.default_device()
-    toy_size: int = 50_000  # size of the fixed training set for toy data
-    resume: bool = False
-    init: str | None = None  # start from these weights: a shipped name ("mnist") or a .safetensors
-    export: str | None = None  # write EMA weights as safetensors here at the end (U-Nets)
-    progress: bool = True
-    command: str = ""  # the command line, recorded in the exported metadata
+__all__ = ["TrainResult", "train", "batch_indices"]
 
 
 @dataclasses.dataclass
@@ -89,40 +62,6 @@ class TrainResult:
     out_dir: Path
 
 
-def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return (x (N, ...) float32, labels (N,) int64 or None) for ``cfg.dataset``, all in memory."""
-    if cfg.dataset == "mnist":
-        return _mnist_train()  # (N, 1, 28, 28), (N,)
-    if cfg.conditional:
-        raise ValueError("conditional training needs labels: use dataset='mnist'")
-    g = torch.Generator().manual_seed(cfg.seed)
-    return data.toy_data(cfg.dataset, cfg.toy_size, generator=g), None  # (N, 2)
-
-
-@functools.lru_cache(maxsize=1)
-def _mnist_train() -> tuple[torch.Tensor, torch.Tensor]:
-    ds = data.mnist(train=True)
-    return ds.images, ds.labels.long()  # read once per process: repeated runs start faster
-
-
-def build_model(cfg: TrainConfig, x: torch.Tensor) -> torch.nn.Module:
-    """The network for ``cfg``: a U-Net preset sized to the images, or an MLP for vectors."""
-    num_classes = 10 if cfg.conditional else None
-    name = cfg.model or ("mnist" if x.ndim == 4 else "mlp")
-    if name == "mlp":
-        return MLPDenoiser(MLPConfig(dim=x.shape[1], num_classes=num_classes, T=cfg.T))
-    if name not in PRESETS:
-        raise ValueError(f"model must be 'mlp' or one of {sorted(PRESETS)}, got {name!r}")
-    unet_cfg = dataclasses.replace(
-        PRESETS[name],
-        in_channels=x.shape[1],
-        image_size=x.shape[2],
-        num_classes=num_classes,
-        T=cfg.T,
-    )
-    return UNet(unet_cfg)
-
-
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Indices of the global batch at ``step``: slice ``step % E`` of epoch ``step // E``'s permutation.
 
@@ -132,44 +71,13 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must be in 1..{n} (the data set size), got {batch_size}")
     epoch, k = divmod(step, n // batch_size)
-    return _epoch_permutation(n, seed, epoch)[
-        k * batch_size : (k + 1) * batch_size
-    ]  # (batch_size,)
+    return _epoch_permutation(n, seed, epoch)[k * batch_size : (k + 1) * batch_size]  # (B,)
 
 
 @functools.lru_cache(maxsize=2)
 def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)  # (n,)
-
-
-LR_DECAYS = ("none", "cosine")  # TrainConfig.lr_decay and the CLI's --lr-decay choices
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of optimiser step ``step`` (0-based): a linear warm-up over
-    ``cfg.warmup_steps``, then constant, or with ``lr_decay="cosine"`` a half cosine from
-    ``cfg.lr`` towards 0 at ``cfg.steps`` (Loshchilov and Hutter 2017, SGDR, without restarts:
-    a run started with ``--init`` from its own output restarts the curve). A function of the
-    step alone, so a resumed run continues the same curve."""
-    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-    if cfg.lr_decay == "none" or step < cfg.warmup_steps:
-        return cfg.lr * warm
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)  # in [0, 1)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16/fp16 on CUDA ("auto" picks), bf16 on CPU only when asked; else None."""
-    if precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {precision!r}")
-    if device.type == "cpu" and precision == "bf16":
-        return torch.bfloat16  # fast on CPUs with bf16 instructions (AVX512-BF16, AMX)
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def _loss_fn(
@@ -183,53 +91,6 @@ def _loss_fn(
     return lambda x_t, t: model(x_t, t, y_in)
 
 
-def _load_init(model: torch.nn.Module, cfg: TrainConfig, schedule) -> None:
-    """Copy the weights of ``cfg.init`` (a shipped name or a .safetensors path) into ``model``.
-
-    The file must describe the same network and noise schedule as ``cfg``; fine-tuning starts
-    from its weights with a fresh optimiser and an EMA that starts at those weights.
-    """
-    init = cfg.init
-    try:
-        src, src_schedule = (
-            pretrained.load(init) if init in pretrained.REGISTRY else pretrained.load_file(init)
-        )
-    except (FileNotFoundError, ValueError) as err:
-        raise ValueError(
-            f"init must be one of {sorted(pretrained.REGISTRY)} or a .safetensors file written "
-            f"by diffusion_tutorial (pretrained.save or --export); {init!r}: {err}"
-        ) from err
-    if src_schedule.T != schedule.T or not torch.allclose(
-        src_schedule.alpha_bar, schedule.alpha_bar, rtol=1e-6, atol=0.0
-    ):
-        raise ValueError(
-            f"init {init!r} was trained with another noise schedule (T = {src_schedule.T}) than "
-            f"--schedule {cfg.schedule} --T {cfg.T}"
-        )
-    try:  # strict: every parameter name and shape must match
-        model.load_state_dict(src.state_dict())
-    except RuntimeError as err:
-        raise ValueError(
-            f"init {init!r} is a different network than this run's {type(model).__name__} "
-            f"(model={cfg.model!r}, conditional={cfg.conditional}): parameter names or shapes differ"
-        ) from err
-
-
-_PROVENANCE_KEYS = ("steps", "batch_size", "hardware", "wall_time_s", "init")
-
-
-def _init_provenance(init: str) -> dict[str, Any]:
-    """Where ``--init`` weights came from, for the exported model card: the source, its SHA-256
-    and how it was trained (its own ``init`` too, so a chain of fine-tunes stays traceable)."""
-    path = pretrained.verified_path(init) if init in pretrained.REGISTRY else Path(init)
-    meta = pretrained.card_file(path)
-    return {
-        "from": init,
-        "sha256": pretrained.sha256_file(path),
-        **{k: meta[k] for k in _PROVENANCE_KEYS if k in meta},
-    }
-
-
 def _try_sample_grid(model: torch.nn.Module, schedule, path: Path, cfg: TrainConfig) -> None:
     """Save a sample grid; a failure is reported but never stops training (grids are a by-product)."""
     try:
@@ -238,40 +99,71 @@ def _try_sample_grid(model: torch.nn.Module, schedule, path: Path, cfg: TrainCon
         print(f"warning: sample grid {path.name} failed: {type(err).__name__}: {err}", flush=True)
 
 
+def _mean_over_ranks(x: torch.Tensor, distributed: bool, world: int) -> torch.Tensor:
+    """A copy of ``x`` averaged over the processes (a collective: every rank must call it)."""
+    x = x.clone()
+    if distributed:
+        dist.all_reduce(x)
+        x /= world
+    return x
+
+
+def _check_finite(loss_sum: torch.Tensor, model: torch.nn.Module, step: int, what: str) -> None:
+    """Raise ``FloatingPointError`` if the loss since the last row or a weight is NaN or inf."""
+    weights_ok = bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+    if not (math.isfinite(float(loss_sum)) and weights_ok):
+        bad = "the weights" if math.isfinite(float(loss_sum)) else "the loss"
+        raise FloatingPointError(
+            f"{bad} became NaN or inf by step {step}; stopped before writing the {what} (the last "
+            "checkpoint is kept). Lower --lr, or keep --grad-clip, and start over or resume"
+        )
+
+
 def train(cfg: TrainConfig) -> TrainResult:
     """Train a noise predictor with L_simple; checkpoints, logs and sample grids go to ``cfg.out_dir``.
 
-    Runs under ``torchrun`` when a process group is initialised (see ``diffusion_tutorial.train``).
+    Everything that can refuse the run (settings, data, network, ``--init``, ``--export``, the
+    state of the run folder) is checked before the folder is changed. Runs under ``torchrun``
+    when a process group is initialised (see ``diffusion_tutorial.train``).
     Book: Training the U-Net. Ho et al. 2020, Algorithm 1.
     """
     start = time.perf_counter()
+    cfg.validate()
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if cfg.batch_size % world != 0:
-        raise ValueError(
-            f"batch_size ({cfg.batch_size}) must be divisible by the {world} processes"
-        )
+        raise ConfigError(f"--batch-size {cfg.batch_size} must divide into the {world} processes")
     if distributed and torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     else:
         device = torch.device(cfg.device) if cfg.device else default_device()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
 
-    if cfg.schedule not in ("linear", "cosine"):
-        raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.schedule!r}")
-    if cfg.lr_decay not in LR_DECAYS:
-        raise ValueError(f"lr_decay must be 'none' or 'cosine', got {cfg.lr_decay!r}")
+    # 1. Everything that can refuse the run, before the output folder changes.
     x_all, y_all = load_dataset(cfg)
-    x_all = x_all.to(device)
-    y_all = y_all.to(device) if y_all is not None else None
-    schedule = getattr(schedules, f"{cfg.schedule}_schedule")(cfg.T)
+    if cfg.batch_size > x_all.shape[0]:
+        raise ConfigError(f"--batch-size must be in 1..{x_all.shape[0]}, got {cfg.batch_size}")
+    schedule = SCHEDULES[cfg.schedule](cfg.T)
     with torch.random.fork_rng(devices=[]):  # weight init: seeded, same on every rank
         torch.manual_seed(cfg.seed)
         raw_model = build_model(cfg, x_all).to(device)
-    if cfg.init and not (cfg.resume and ckpt_path.exists()):
-        _load_init(raw_model, cfg, schedule)
+    out = Path(cfg.out_dir)
+    state = check_run_folder(out, cfg, raw_model, device)  # the checkpoint when resuming
+    if cfg.init and state is None:
+        load_init(raw_model, cfg, schedule)
+    try:
+        check_writable(out / LOSS_LOG, "--out")
+        if cfg.export:
+            check_writable(cfg.export, "--export")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if distributed:  # no rank may change the folder while another still checks it
+        dist.barrier()
+
+    # 2. The training objects, restored from the checkpoint when resuming.
+    if rank == 0 and cfg.overwrite:
+        clear_run_folder(out)
+    x_all = x_all.to(device)
+    y_all = y_all.to(device) if y_all is not None else None
     ema = EMA(raw_model, cfg.ema_decay, warmup=not cfg.init)  # an init is already an average
     null = raw_model.config.num_classes  # the null label (None: unconditional)
     model = raw_model
@@ -279,26 +171,48 @@ def train(cfg: TrainConfig) -> TrainResult:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(raw_model, device_ids=ids)
     opt = torch.optim.AdamW(raw_model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp_dtype = _autocast_dtype(cfg.precision, device)
+    amp_dtype = autocast_dtype(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     gen = torch.Generator(device=device)  # draws t, eps and label dropout
     gen.manual_seed(cfg.seed + 7919 * rank)
+    # The loss summed since the last loss.csv row on the log_every grid (the row's window).
+    loss_sum, window_start = torch.zeros((), device=device), 0
 
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # dropout's global RNG, restored afterwards
         torch.manual_seed(cfg.seed + 7919 * rank)
         step, wall_before = 0, 0.0
-        if cfg.resume and ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, raw_model, ema, opt, scaler, gen, device, rank)
+        if state is not None:
+            restore_checkpoint(state, raw_model, ema, opt, scaler, gen, device, rank)
             step, wall_before = state["step"], state["wall_time_s"]
-        log = LossLog(out / "loss.csv", resume_step=step if cfg.resume else 0, enabled=rank == 0)
+            loss_sum.fill_(state["loss_window"]["sum"])
+            window_start = state["loss_window"]["start"]
+        log = LossLog(out / LOSS_LOG, window_start if state else None, enabled=rank == 0)
 
-        def checkpoint() -> None:
+        def checkpoint() -> None:  # every rank calls it (collectives), rank 0 writes
+            window = _mean_over_ranks(loss_sum, distributed, world)
+            _check_finite(window, raw_model, step, "checkpoint")
             if rank == 0:
                 wall = wall_before + time.perf_counter() - start
-                save_checkpoint(ckpt_path, raw_model, ema, opt, scaler, gen, step, wall, cfg)
+                ckpt = {"sum": float(window), "start": window_start}
+                save_checkpoint(
+                    out / CHECKPOINT, raw_model, ema, opt, scaler, gen, step, wall, cfg, ckpt
+                )
 
-        n = x_all.shape[0]
+        def log_row(on_grid: bool) -> None:  # a row for the steps since window_start
+            nonlocal window_start
+            mean_loss = float(_mean_over_ranks(loss_sum, distributed, world)) / (
+                step - window_start
+            )
+            _check_finite(torch.tensor(mean_loss), raw_model, step, "loss row")
+            losses.append((step, mean_loss))
+            elapsed = wall_before + time.perf_counter() - start
+            log.write(step, mean_loss, opt.param_groups[0]["lr"], elapsed)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if on_grid:  # an end-of-run row off the grid leaves the window open for a resume
+                loss_sum.zero_()
+                window_start = step
+
         bar = tqdm(
             total=cfg.steps,
             initial=step,
@@ -308,14 +222,12 @@ def train(cfg: TrainConfig) -> TrainResult:
             mininterval=1.0 if sys.stdout.isatty() else 30.0,
         )
         losses: list[tuple[int, float]] = []
-        loss_sum = torch.zeros((), device=device)
-        logged_at = step  # the mean of a log row covers the steps since the last row (or resume)
         stopped = False
         model.train()
         while step < cfg.steps:
-            idx = batch_indices(step, n, cfg.batch_size, cfg.seed)[rank::world].to(device)
-            x_0 = x_all[idx]  # (B/world, ...)
-            y = y_all[idx] if y_all is not None else None
+            idx = batch_indices(step, x_all.shape[0], cfg.batch_size, cfg.seed)[rank::world]
+            x_0 = x_all[idx.to(device)]  # (B/world, ...)
+            y = y_all[idx.to(device)] if y_all is not None else None
             for group in opt.param_groups:  # linear warm-up, then constant or cosine decay
                 group["lr"] = learning_rate(cfg, step)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -324,26 +236,16 @@ def train(cfg: TrainConfig) -> TrainResult:
                 )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
+            if cfg.grad_clip is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
             ema.update(raw_model)
             step += 1
             loss_sum += loss.detach().float()
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                count, logged_at = step - logged_at, step
-                if distributed:
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= world
-                mean_loss = loss_sum.item() / count
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(f"loss became {mean_loss} at step {step}")
-                losses.append((step, mean_loss))
-                elapsed = wall_before + time.perf_counter() - start
-                log.write(step, mean_loss, opt.param_groups[0]["lr"], elapsed)
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                loss_sum.zero_()
+            if step % cfg.log_every == 0:
+                log_row(on_grid=True)
             bar.update(1)
             if cfg.sample_every and step % cfg.sample_every == 0 and rank == 0:
                 _try_sample_grid(ema.model, schedule, out / f"samples_{step:07d}.png", cfg)
@@ -361,6 +263,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                     )
                     break
         bar.close()
+        if step > window_start:  # the steps since the last row on the grid
+            log_row(on_grid=False)
         checkpoint()
         wall = wall_before + time.perf_counter() - start
         if rank == 0 and cfg.sample_every and step % cfg.sample_every != 0:  # a final grid
@@ -377,6 +281,6 @@ def train(cfg: TrainConfig) -> TrainResult:
                 final_loss=losses[-1][1] if losses else None,
             )
             if cfg.init:  # steps, hardware and wall time above count this run only
-                meta["init"] = _init_provenance(cfg.init)
+                meta["init"] = init_provenance(cfg.init)
             export_weights(cfg.export, ema.model, cfg, meta)
     return TrainResult(step, losses, wall, stopped, out)

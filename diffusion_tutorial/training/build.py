@@ -1,0 +1,111 @@
+"""What a :class:`TrainConfig` builds before the first step: data, network, start weights, precision.
+
+Book: Training the U-Net. Ho et al. 2020, Appendix B (the U-Net sizes); Micikevicius et al.
+2018 (mixed precision with loss scaling).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffusion_tutorial import data, pretrained
+from diffusion_tutorial.core.schedules import NoiseSchedule
+from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
+from diffusion_tutorial.networks.unet import PRESETS, UNet
+from diffusion_tutorial.training.config import ConfigError, TrainConfig
+
+__all__ = ["load_dataset", "build_model", "load_init", "init_provenance", "autocast_dtype"]
+
+
+def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return (x (N, ...) float32, labels (N,) int64 or None) for ``cfg.dataset``, all in memory."""
+    if cfg.dataset == "mnist":
+        return mnist_train()  # (N, 1, 28, 28), (N,)
+    g = torch.Generator().manual_seed(cfg.seed)
+    return data.toy_data(cfg.dataset, cfg.toy_size, generator=g), None  # (N, 2)
+
+
+@functools.lru_cache(maxsize=1)
+def mnist_train() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 60,000 MNIST training images in [-1, 1] and their labels, read once per process."""
+    ds = data.mnist(train=True)
+    return ds.images, ds.labels.long()
+
+
+def build_model(cfg: TrainConfig, x: torch.Tensor) -> torch.nn.Module:
+    """The network for ``cfg``: a U-Net preset sized to the images, or an MLP for vectors."""
+    num_classes = 10 if cfg.conditional else None
+    name = cfg.model or ("mnist" if x.ndim == 4 else "mlp")
+    if name == "mlp":
+        return MLPDenoiser(MLPConfig(dim=x.shape[1], num_classes=num_classes, T=cfg.T))
+    unet_cfg = dataclasses.replace(
+        PRESETS[name],
+        in_channels=x.shape[1],
+        image_size=x.shape[2],
+        num_classes=num_classes,
+        T=cfg.T,
+    )
+    return UNet(unet_cfg)
+
+
+def load_init(model: torch.nn.Module, cfg: TrainConfig, schedule: NoiseSchedule) -> None:
+    """Copy the weights of ``cfg.init`` (a shipped name or a .safetensors path) into ``model``.
+
+    The file must describe the same network and noise schedule as ``cfg``; fine-tuning starts
+    from its weights with a fresh optimiser and an EMA that starts at those weights.
+    """
+    init = cfg.init
+    try:
+        src, src_schedule = (
+            pretrained.load(init) if init in pretrained.REGISTRY else pretrained.load_file(init)
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(
+            f"--init must be one of {sorted(pretrained.REGISTRY)} or a .safetensors file written "
+            f"by diffusion_tutorial (pretrained.save or --export); {init!r}: {err}"
+        ) from err
+    if src_schedule.T != schedule.T or not torch.allclose(
+        src_schedule.alpha_bar, schedule.alpha_bar, rtol=1e-6, atol=0.0
+    ):
+        raise ConfigError(
+            f"--init {init!r} was trained with another noise schedule (T = {src_schedule.T}) "
+            f"than --schedule {cfg.schedule} --T {cfg.T}"
+        )
+    try:  # strict: every parameter name and shape must match
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as err:
+        raise ConfigError(
+            f"--init {init!r} is a different network than this run's {type(model).__name__} "
+            f"(model={cfg.model!r}, conditional={cfg.conditional}): parameter names or shapes differ"
+        ) from err
+
+
+_PROVENANCE_KEYS = ("steps", "batch_size", "hardware", "wall_time_s", "init")
+
+
+def init_provenance(init: str) -> dict[str, Any]:
+    """Where ``--init`` weights came from, for the exported model card: the source, its SHA-256
+    and how it was trained (its own ``init`` too, so a chain of fine-tunes stays traceable)."""
+    path = pretrained.verified_path(init) if init in pretrained.REGISTRY else Path(init)
+    meta = pretrained.card_file(path)
+    return {
+        "from": init,
+        "sha256": pretrained.sha256_file(path),
+        **{k: meta[k] for k in _PROVENANCE_KEYS if k in meta},
+    }
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16/fp16 on CUDA ("auto" picks), bf16 on CPU only when asked; else None."""
+    if device.type == "cpu" and precision == "bf16":
+        return torch.bfloat16  # fast on CPUs with bf16 instructions (AVX512-BF16, AMX)
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16

@@ -1,0 +1,239 @@
+"""The configuration of a training run: one dataclass that is also the command line's only source.
+
+Every field of :class:`TrainConfig` carries its help text, its choices or its allowed range, and
+whether a resumed run must keep it, in ``metadata``; :mod:`diffusion_tutorial.training.cli` builds
+the options from these fields, and :meth:`TrainConfig.validate` checks them, so a name, a type, a
+default or a range is written once. Book: Training the U-Net. Loshchilov & Hutter 2019 (AdamW).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from diffusion_tutorial.checks import check_float_in_range, check_int_in_range
+from diffusion_tutorial.core.schedules import SCHEDULES
+from diffusion_tutorial.data import TOY_DATASETS
+from diffusion_tutorial.networks.unet import PRESETS
+
+__all__ = ["TrainConfig", "ConfigError", "LR_DECAYS", "PRECISIONS", "DATASETS", "learning_rate"]
+
+LR_DECAYS = ("none", "cosine")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DATASETS = ("mnist", *TOY_DATASETS)
+MODELS = (*PRESETS, "mlp")
+
+
+class ConfigError(ValueError):
+    """A training setting, or the run folder it points at, that the run refuses before it starts."""
+
+
+def option(default: Any, help: str, **meta: Any) -> Any:
+    """A :class:`TrainConfig` field: ``default``, CLI ``help`` and metadata.
+
+    Metadata keys: ``choices``; ``low``/``high`` (with ``low_open``/``high_open``) for numbers;
+    ``flag`` (the CLI name when not ``--field-name``); ``none_ok`` (None, or 'none' on the
+    command line, is allowed besides the range); ``same_on_resume`` (a resumed run must use
+    the checkpoint's value); ``cli=False`` (not a command-line option).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def flag(field: dataclasses.Field) -> str:
+    """The command-line name of a field: ``--batch-size`` for ``batch_size``, or its ``flag``."""
+    if "flag" in field.metadata:
+        return field.metadata["flag"]
+    return "--" + field.name.replace("_", "-")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one training run needs; ``python -m diffusion_tutorial.train`` fills it.
+
+    Construction validates every field (:meth:`validate`), so a bad setting fails before the
+    run touches its output folder.
+    """
+
+    dataset: str = option(
+        "mnist",
+        "training data (MNIST is read from $DIFFUSION_TUTORIAL_DATA)",
+        choices=DATASETS,
+        same_on_resume=True,
+    )
+    model: str | None = option(
+        None,
+        "network: a U-Net preset for images or 'mlp' for 2-D data (unset: 'mnist' for images, "
+        "'mlp' for toy sets)",
+        choices=MODELS,
+        same_on_resume=True,
+    )
+    steps: int = option(20_000, "total optimiser steps (a resumed run continues up to this)", low=1)
+    batch_size: int = option(
+        128, "global batch size (split over torchrun processes)", low=1, same_on_resume=True
+    )
+    lr: float = option(
+        2e-4, "AdamW learning rate after warm-up", low=0.0, low_open=True, same_on_resume=True
+    )
+    weight_decay: float = option(0.0, "AdamW weight decay", low=0.0, same_on_resume=True)
+    warmup_steps: int = option(
+        500, "linear learning-rate warm-up steps from 0", low=0, same_on_resume=True
+    )
+    lr_decay: str = option(
+        "none",
+        "after warm-up: constant learning rate, or a half cosine down to 0 at --steps",
+        choices=LR_DECAYS,
+        same_on_resume=True,
+    )
+    grad_clip: float | None = option(
+        1.0,
+        "max global gradient norm ('none': no clipping)",
+        low=0.0,
+        low_open=True,
+        none_ok=True,
+        same_on_resume=True,
+    )
+    ema_decay: float = option(
+        0.999, "EMA decay of the weights", low=0.0, high=1.0, high_open=True, same_on_resume=True
+    )
+    schedule: str = option(
+        "linear", "noise schedule", choices=tuple(SCHEDULES), same_on_resume=True
+    )
+    T: int = option(1000, "number of diffusion steps T", low=1, same_on_resume=True)
+    conditional: bool = option(
+        False, "class-conditional model with a learned null class (MNIST only)", same_on_resume=True
+    )
+    p_uncond: float = option(
+        0.1,
+        "probability of dropping the label to the null class (classifier-free guidance)",
+        low=0.0,
+        high=1.0,
+        same_on_resume=True,
+    )
+    guidance_scale: float = option(
+        3.0, "guidance scale w for the conditional sample grids", low=0.0
+    )
+    out_dir: str = option("runs/mnist", "output folder", flag="--out")
+    seed: int = option(0, "random seed (data order, noise, init)", low=0, same_on_resume=True)
+    sample_every: int = option(
+        2000, "save a sample grid every N steps and at the end (0: never)", low=0
+    )
+    checkpoint_every: int = option(
+        1000, "write checkpoint.pt every N steps (0: only at the end)", low=0
+    )
+    log_every: int = option(50, "append the mean loss to loss.csv every N steps", low=1)
+    time_limit_min: float | None = option(
+        None, "stop cleanly after this many minutes: checkpoint, samples and export", low=0.0
+    )
+    precision: str = option(
+        "auto",
+        "autocast on CUDA (auto = bf16 if supported, else fp16); on "
+        "CPU fp32 unless bf16 is asked for (faster on CPUs with bf16 "
+        "instructions)",
+        choices=PRECISIONS,
+        same_on_resume=True,
+    )
+    device: str | None = option(None, "cuda, mps or cpu; none: the best available")
+    toy_size: int = option(50_000, "points in a toy training set", low=1, same_on_resume=True)
+    resume: bool = option(
+        False,
+        "continue the run in --out exactly (model, EMA, optimiser, RNG); "
+        "refused if a setting that shapes the run differs",
+    )
+    overwrite: bool = option(
+        False,
+        "start over in an --out folder that holds a run (deletes its "
+        "checkpoint.pt, loss.csv and sample grids)",
+    )
+    init: str | None = option(
+        None,
+        "fine-tune: start from these weights, a shipped model "
+        "('mnist', 'mnist-cond') or a .safetensors file from --export "
+        "(same network and T; fresh optimiser)",
+        metavar="NAME_OR_PATH",
+    )
+    export: str | None = option(
+        None,
+        "write the EMA weights (U-Nets) as safetensors with model-card metadata",
+        metavar="PATH",
+    )
+    progress: bool = option(True, "hide the progress bar", flag="--no-progress")
+    command: str = option("", "the command line, recorded in the exported metadata", cli=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> TrainConfig:
+        """Raise :class:`ConfigError` naming the option and its allowed values for a bad field."""
+        for field in dataclasses.fields(self):
+            _check_field(field, getattr(self, field.name))
+        toy = self.dataset != "mnist"
+        if toy and self.model not in (None, "mlp"):
+            raise ConfigError(
+                f"--model {self.model} is a U-Net for images; the 2-D toy set {self.dataset!r} "
+                "needs --model mlp (or no --model)"
+            )
+        if not toy and self.model == "mlp":
+            raise ConfigError(
+                f"--model mlp is for 2-D toy data; images need a U-Net: one of {sorted(PRESETS)}"
+            )
+        if toy and self.conditional:
+            raise ConfigError("--conditional needs labels: use --dataset mnist")
+        if toy and self.batch_size > self.toy_size:
+            raise ConfigError(
+                f"--batch-size must be in 1..{self.toy_size} (--toy-size), got {self.batch_size}"
+            )
+        if toy and self.export:
+            raise ConfigError("--export writes U-Nets only (pretrained.save), not the toy MLP")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume (continue) and --overwrite (start over) exclude each other")
+        if not self.out_dir:
+            raise ConfigError("--out must be a folder path, got ''")
+        return self
+
+
+def _check_field(field: dataclasses.Field, value: Any) -> None:
+    """Check one field against its metadata; the error names the CLI option and the range."""
+    meta, name = field.metadata, f"{flag(field)} ({field.name})"
+    if value is None and (field.default is None or meta.get("none_ok")):
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{name} must be one of {list(meta['choices'])}, got {value!r}")
+    try:
+        if isinstance(field.default, bool):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
+        elif isinstance(field.default, int):
+            check_int_in_range(name, value, meta["low"], meta.get("high"))
+        elif isinstance(field.default, float) or "low" in meta:
+            keys = ("low", "high", "low_open", "high_open")
+            check_float_in_range(name, value, **{k: meta[k] for k in keys if k in meta})
+        elif not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based): a linear warm-up over
+    ``cfg.warmup_steps``, then constant, or with ``lr_decay="cosine"`` a half cosine from
+    ``cfg.lr`` towards 0 at ``cfg.steps`` (Loshchilov and Hutter 2017, SGDR, without restarts:
+    a run started with ``--init`` from its own output restarts the curve). A function of the
+    step alone, so a resumed run continues the same curve."""
+    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+    if cfg.lr_decay == "none" or step < cfg.warmup_steps:
+        return cfg.lr * warm
+    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)  # in [0, 1)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """The settings marked ``same_on_resume`` whose value differs from a checkpoint's config,
+    as ``"--lr 0.001 (checkpoint: 0.0002)"`` strings (empty when the run may resume)."""
+    out = []
+    for field in dataclasses.fields(cfg):
+        if field.metadata.get("same_on_resume"):
+            old, new = saved.get(field.name, field.default), getattr(cfg, field.name)
+            if old != new:
+                out.append(f"{flag(field)} {new} (checkpoint: {old})")
+    return out
