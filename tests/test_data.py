@@ -49,6 +49,23 @@ def test_mnist_missing_files_error_says_where_and_how(tmp_path, monkeypatch):
     assert data.DATA_ENV in message
 
 
+@pytest.mark.parametrize("name", sorted(data.MNIST_FILE_SIZES))
+def test_truncated_mnist_file_is_reported_as_truncated_not_missing(name, tmp_path, monkeypatch):
+    # Before: "MNIST was not found", although the file was there (cut short by a broken copy).
+    import torchvision.datasets.mnist as tv_mnist
+
+    def no_download(self):
+        raise AssertionError("a truncated file must not trigger a download")
+
+    monkeypatch.setattr(tv_mnist.MNIST, "download", no_download)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / name).write_bytes(b"\0" * 1000)  # a 1000-byte stub of a bigger file
+    with pytest.raises(RuntimeError, match="truncated or corrupt") as err:
+        data.mnist(train=name.startswith("train"), root=tmp_path)
+    assert str(raw / name) in str(err.value) and "1,000 bytes" in str(err.value)
+
+
 @pytest.mark.parametrize("name", sorted(data.TOY_DATASETS))
 def test_toy_sets_shape_dtype_and_seed(name):
     a = data.toy_data(name, 500, generator=torch.Generator().manual_seed(1))
