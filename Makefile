@@ -28,6 +28,9 @@ FAST_DIR    := _build/fast
 FAST_HTML   := $(FAST_DIR)/_build/html
 FAST_ENV    := DIFFUSION_TUTORIAL_FAST=1 DIFFUSION_TUTORIAL_TEXT_PROGRESS=1
 
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
 .PHONY: help venv book book-fast notebooks-fast mathjax test lint unit quick browser lab clean
 
 help:
@@ -67,11 +70,14 @@ notebooks-fast: $(STAMP)
 		--reports $(FAST_DIR)/reports \
 		&& echo "TIME notebooks (executed once, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s"
 
+# The build log names any page the build had to execute itself (its cache entry did not match).
 book-fast: notebooks-fast mathjax
 	@t0=$$(date +%s); $(FAST_ENV) $(BIN)/jupyter-book build . --config $(FAST_DIR)/_config.yml \
-		-W -n --keep-going --path-output $(FAST_DIR) \
+		-W -n --keep-going --path-output $(FAST_DIR) 2>&1 | tee $(FAST_DIR)/build.log \
 		&& echo "TIME fast-mode book build (outputs from the cache): $$(( $$(date +%s) - t0 )) s" \
 		&& echo "Fast-mode book built: $(CURDIR)/$(FAST_HTML)/index.html"
+	@! grep -a "Executing notebook" $(FAST_DIR)/build.log \
+		|| echo "NOTE: the build executed the pages above a second time (not found in the cache)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
