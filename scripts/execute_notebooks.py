@@ -20,6 +20,7 @@ when a notebook fails. `make book` (what readers run) does not use this: it exec
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -85,6 +86,18 @@ def execute(
     return path, result.nb, result.time, error
 
 
+def fast_build_config(config: dict, cache: Path) -> dict:
+    """A copy of the book config whose build takes every output from ``cache``."""
+    config = copy.deepcopy(config)
+    config["execute"]["execute_notebooks"] = "cache"
+    config["execute"]["cache"] = str(cache.resolve())
+    # Jupyter Book resolves local extension folders against the config file's folder.
+    local = config.get("sphinx", {}).get("local_extensions") or {}
+    for name, folder in local.items():
+        local[name] = str((ROOT / folder).resolve())
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="notebooks executed at once (>= 1)")
@@ -96,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
     # 1. The build config: _config.yml, but outputs come from the cache filled below.
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    config["execute"]["execute_notebooks"] = "cache"
-    config["execute"]["cache"] = str(args.cache.resolve())
-    # Jupyter Book resolves local extension folders against the config file's folder.
-    local = config.get("sphinx", {}).get("local_extensions") or {}
-    for name, folder in local.items():
-        local[name] = str((ROOT / folder).resolve())
+    config = fast_build_config(yaml.safe_load((ROOT / "_config.yml").read_text()), args.cache)
     args.config_out.parent.mkdir(parents=True, exist_ok=True)
     args.config_out.write_text(
         "# Written by scripts/execute_notebooks.py from _config.yml; do not edit.\n"

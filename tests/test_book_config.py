@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 
@@ -68,6 +69,32 @@ def test_exclude_patterns_name_paths_of_the_project():
         assert (ROOT / pattern).exists(), (
             f"_config.yml excludes {pattern!r}, which is not in the repo"
         )
+
+
+def test_fast_build_config_changes_only_where_outputs_come_from(tmp_path):
+    """`make test` builds from scripts/execute_notebooks.py's copy of this config: same book."""
+    pytest.importorskip("jupyter_cache")  # the `book` extra
+    spec = importlib.util.spec_from_file_location(
+        "execute_notebooks", ROOT / "scripts/execute_notebooks.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    fast = script.fast_build_config(CONFIG, tmp_path / "cache")
+    assert fast["execute"].pop("execute_notebooks") == "cache"
+    assert fast["execute"].pop("cache") == str((tmp_path / "cache").resolve())
+    for name, folder in (fast.get("sphinx", {}).get("local_extensions") or {}).items():
+        assert folder == str((ROOT / CONFIG["sphinx"]["local_extensions"][name]).resolve())
+        fast["sphinx"]["local_extensions"][name] = CONFIG["sphinx"]["local_extensions"][name]
+    expected = {
+        **CONFIG,
+        "execute": {k: v for k, v in CONFIG["execute"].items() if k != "execute_notebooks"},
+    }
+    assert fast == expected
+    pages = {
+        str(p.relative_to(ROOT).with_suffix("")) for p in script.toc_notebooks(ROOT / "_toc.yml")
+    }
+    notebooks = {n for n in toc_files() if (ROOT / f"{n}.ipynb").exists()}
+    assert notebooks <= pages, "every notebook of the book is executed before the fast build"
 
 
 def test_mathjax_is_local():
