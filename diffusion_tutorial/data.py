@@ -104,7 +104,7 @@ def mnist(train: bool = True, root: str | os.PathLike | None = None) -> Dataset:
     files are missing, torchvision downloads them there. A truncated or corrupt file is reported
     as such, with its path (not as "not found").
     """
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # here, not at the top: torchvision takes ~1 s to import
 
     root = Path(root) if root is not None else data_root()
     raw = root / "MNIST" / "raw"

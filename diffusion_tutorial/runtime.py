@@ -57,7 +57,7 @@ def tqdm(*args, **kwargs):
     """
     if os.environ.get(TEXT_PROGRESS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}:
         return _FinalLineTqdm(*args, **kwargs)
-    from tqdm.auto import tqdm as auto_tqdm
+    from tqdm.auto import tqdm as auto_tqdm  # here: it probes IPython and ipywidgets on import
 
     return auto_tqdm(*args, **kwargs)
 

@@ -16,7 +16,7 @@ from diffusion_tutorial.checks import (
 )
 from diffusion_tutorial.core.schedules import NoiseSchedule
 
-__all__ = ["randn_like", "q_sample", "q_step", "q_posterior"]
+__all__ = ["randn_like", "q_sample", "diffuse", "q_step", "q_posterior"]
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -59,6 +59,18 @@ def q_sample(
     check_float_tensor("x_0", x_0)
     t = check_time_indices("t", t, x_0.shape[0], 0, schedule.T, x_0.device)
     eps = _eps(x_0, eps, generator, "x_0")
+    return diffuse(x_0, t, eps, schedule)
+
+
+def diffuse(
+    x_0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, schedule: NoiseSchedule
+) -> torch.Tensor:
+    """x_t = sqrt(alpha_bar_t) x_0 + sigma_t eps for already checked inputs (no checks, no sync).
+
+    The arithmetic of :func:`q_sample`, for callers that validated ``x_0``, ``t`` (int64 (B,))
+    and ``eps`` themselves, like ``simple_loss`` in every training step.
+    Book: Forward process (Part 2). Ho et al. 2020, eq. 4.
+    """
     idx = t.to(schedule.alpha_bar.device)
     sqrt_alpha_bar = expand_like(schedule.sqrt_alpha_bar[idx], x_0)  # (B, 1, ..., 1)
     sigma = expand_like(schedule.sigma[idx], x_0)  # (B, 1, ..., 1)

@@ -25,7 +25,7 @@ from diffusion_tutorial.checks import (
     check_time_indices,
     check_values_in,
 )
-from diffusion_tutorial.core.forward import q_posterior, q_sample, randn_like
+from diffusion_tutorial.core.forward import diffuse, q_posterior, q_sample, randn_like
 from diffusion_tutorial.core.parameterization import Model, x0_from_eps
 from diffusion_tutorial.core.schedules import NoiseSchedule
 
@@ -71,12 +71,14 @@ def simple_loss(
     """
     _check_x0(x_0)
     B = x_0.shape[0]
-    if t is None:
+    if t is None:  # t ~ U{1..T}: in range by construction, so no range check (no GPU sync)
         device = generator.device if generator is not None else x_0.device
         t = torch.randint(1, schedule.T + 1, (B,), generator=generator, device=device)
-    t = _times(t, schedule, x_0, low=1)  # (B,)
+        t = t.to(x_0.device)  # (B,) int64
+    else:
+        t = _times(t, schedule, x_0, low=1)  # (B,)
     eps = randn_like(x_0, generator)  # (B, ...)
-    x_t = q_sample(x_0, t, schedule, eps=eps)  # (B, ...)
+    x_t = diffuse(x_0, t, eps, schedule)  # (B, ...); inputs checked above: one isfinite per tensor
     eps_hat = check_model_output(model(x_t, t), x_t, t)  # (B, ...), finite
     return torch.mean((eps_hat - eps) ** 2)
 
