@@ -5,6 +5,10 @@ error output or traceback in any cell, every internal link resolves, and Colab/B
 notebook pages. All requests that leave 127.0.0.1 are blocked, so the pages must work offline.
 Screenshots go to _build/screenshots/.
 
+Checks of the built HTML itself (no browser needed): equation numbers carry their chapter's number,
+a reference to an equation shows the number printed at that equation, and the API reference has a
+section for every module of the package.
+
 Needs the built book (BOOK_HTML, default _build/html) and Chromium driven by Playwright for Python
 with ``executable_path`` (no browser is ever downloaded). Skips without them, except under CI=true,
 where a missing browser or book fails.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -23,7 +28,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_book_config import REPO_URL, toc_files
+from tests.test_book_config import REPO_URL, TOC, toc_files
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 HTML = (ROOT / os.environ.get("BOOK_HTML", "_build/html")).resolve()
@@ -206,3 +211,83 @@ def test_page(server, browser, name):
         assert all(repo_path in h for h in colab + binder), (
             "launch links point at another repository"
         )
+
+
+# --- Checks of the built HTML (no browser) ------------------------------------------------------
+
+
+def _built(name: str) -> str:
+    path = HTML / f"{name}.html"
+    if not path.exists():
+        _missing(f"{name}.html is not built at {HTML} (run `make book-fast`)")
+    return path.read_text(errors="replace")
+
+
+def chapter_numbers() -> dict[str, int]:
+    """Chapter number of each page in a ``numbered: true`` part of _toc.yml, counted across parts
+    (Jupyter Book's multi-toc numbering: Part 2 continues where Part 1 stopped)."""
+    numbers: dict[str, int] = {}
+    for part in TOC.get("parts", []):
+        if part.get("numbered"):
+            for entry in part.get("chapters", []):
+                numbers[entry["file"]] = len(numbers) + 1
+    return numbers
+
+
+CHAPTERS = chapter_numbers()
+EQNO = re.compile(r'<span class="eqno">\(([^)<]*)\)')
+EQREF = re.compile(
+    r'<a class="reference internal" href="([^"#]*)#(equation-[^"]+)">\(([^)<]*)\)</a>'
+)
+
+
+def test_part_1_chapters_are_numbered_like_their_files():
+    """Chapter n of Part 1 is the notebook 0n_*: the text says "chapter 4" for 04_elbo."""
+    part1 = [n for n in CHAPTERS if n.startswith("notebooks/part1_background/")]
+    assert part1, "no numbered Part 1 chapters in _toc.yml"
+    for name in part1:
+        assert CHAPTERS[name] == int(Path(name).name[:2]), (name, CHAPTERS[name])
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_equation_numbers_carry_the_chapter(name):
+    numbers = EQNO.findall(_built(name))
+    chapter = CHAPTERS.get(name)
+    if chapter is None:
+        # An unnumbered page would print bare (1), (2), ... beside the book's (c.k) numbers.
+        assert not numbers, f"unnumbered page with numbered equations {numbers}: drop the labels"
+    else:
+        assert numbers == [f"{chapter}.{k}" for k in range(1, len(numbers) + 1)]
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_equation_references_show_the_cited_number(name):
+    """Every {eq} reference, in its own chapter or another, reads as the number at the equation."""
+    page = HTML / f"{name}.html"
+    bad = []
+    for href, anchor, shown in EQREF.findall(_built(name)):
+        target = (page.parent / unquote(href)).resolve() if href else page
+        html = target.read_text(errors="replace") if target.exists() else ""
+        m = re.search(rf'id="{re.escape(anchor)}">\s*<span class="eqno">\(([^)<]*)\)', html)
+        if m is None or m.group(1) != shown:
+            bad.append(f"{href}#{anchor} shows ({shown}), the equation is {m and m.group(1)}")
+    assert not bad, bad
+
+
+def package_modules() -> list[str]:
+    """Every module of the package (not the packages' __init__), as a dotted name."""
+    modules = []
+    for path in sorted((ROOT / "diffusion_tutorial").rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        # train.py only re-exports training.cli.main for `python -m diffusion_tutorial.train`.
+        if path.name not in ("__init__.py", "__main__.py") and name != "diffusion_tutorial.train":
+            modules.append(name)
+    return modules
+
+
+def test_api_reference_documents_every_module():
+    html = _built("book/api")
+    missing = [m for m in package_modules() if f'id="module-{m}"' not in html]
+    assert not missing, f"modules without a section in book/api.md: {missing}"
+    # autodoc found the members: every module section documents at least one object.
+    assert html.count('<dt class="sig sig-object py"') >= len(package_modules())
