@@ -15,6 +15,8 @@ from diffusion_tutorial.core.schedules import SCHEDULES, cosine_schedule, linear
 from diffusion_tutorial.evaluation.classifier import MNISTClassifier
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
+from .test_training import one_thread  # noqa: F401 (fixture: tiny networks, one thread)
+
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_heads=2, T=50)
 SCHEDULE = {"name": "linear", "T": 50}
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from diffusion_tutorial.files import temp_files
-from diffusion_tutorial.training.config import ConfigError
+from diffusion_tutorial.training.config import ConfigError, TrainConfig
 from diffusion_tutorial.training.loop import train
 
 from .conftest import ROOT
@@ -20,7 +20,8 @@ from .test_training import one_thread, rows, toy_config, weights  # noqa: F401 (
 
 
 def test_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path):
-    train(toy_config(tmp_path, steps=2, sample_every=2))
+    train(toy_config(tmp_path, steps=2))
+    (tmp_path / "samples_0000002.png").write_bytes(b"a grid")  # (sampling one is slow)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ConfigError, match="holds a run.*--resume.*--overwrite"):
         train(toy_config(tmp_path, steps=2))
@@ -35,9 +36,21 @@ def test_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="no .*checkpoint.pt to resume"):
+    with pytest.raises(ConfigError, match="no .*checkpoint.pt to resume; pass no --resume"):
         train(toy_config(tmp_path, resume=True))
     assert not (tmp_path / "loss.csv").exists()
+    # Killed before its first checkpoint: only loss.csv. The way out is --overwrite.
+    (tmp_path / "loss.csv").write_text("step,loss,lr,wall_time_s\n1,0.5,1e-4,0.1\n")
+    with pytest.raises(ConfigError, match="to resume; pass --overwrite"):
+        train(toy_config(tmp_path, resume=True))
+    assert train(toy_config(tmp_path, steps=1, overwrite=True)).step == 1
+
+
+def test_paths_are_stored_as_text_and_bad_devices_refused(tmp_path):
+    assert toy_config(tmp_path).out_dir == str(tmp_path)
+    assert TrainConfig(out_dir=tmp_path, dataset="two_moons").out_dir == str(tmp_path)
+    with pytest.raises(ConfigError, match="--device"):
+        toy_config(tmp_path, device="gpu0")
 
 
 @pytest.mark.parametrize(

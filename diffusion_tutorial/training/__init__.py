@@ -3,5 +3,7 @@
 ``config`` (TrainConfig, the one source of every option) · ``build`` (data, network, start
 weights) · ``loop`` (the optimisation) · ``checkpoints`` (the run folder: checkpoint, loss log,
 resume and overwrite rules) · ``outputs`` (sample grids, exported weights) · ``ema`` · ``cli``.
-``python -m diffusion_tutorial.train --help`` lists the options. Book: Example: DDPM (training).
+``python -m diffusion_tutorial.train --help`` lists the options.
+
+Book: Training the U-Net (Part 2).
 """

@@ -1,7 +1,7 @@
 """What a :class:`TrainConfig` builds before the first step: data, network, start weights, precision.
 
-Book: Training the U-Net. Ho et al. 2020, Appendix B (the U-Net sizes); Micikevicius et al.
-2018 (mixed precision with loss scaling).
+Book: Training the U-Net (Part 2). Micikevicius et al. 2018 (mixed precision with loss
+scaling).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A folder that holds a run (``checkpoint.pt`` or ``loss.csv``) is never wiped by accident: a new
 run there needs ``overwrite``, a continued one ``resume``, and a resumed run must keep every
-setting that shapes the optimisation. Book: Training the U-Net (checkpoints and resuming).
+setting that shapes the optimisation.
+
+Book: Training the U-Net (Part 2; checkpoints and resuming).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = [
 
 CHECKPOINT, LOSS_LOG = "checkpoint.pt", "loss.csv"
 _KEYS = ("step", "wall_time_s", "model", "ema", "optimizer", "scaler", "generator", "cpu_rng")
-_KEYS += ("cuda_rng", "train_config", "model_config", "loss_window")
+_KEYS += ("cuda_rng", "train_config", "model_config")  # "loss_window": optional (older files)
 
 
 def save_checkpoint(
@@ -130,7 +132,10 @@ def check_run_folder(
     ckpt = out / CHECKPOINT
     if cfg.resume:
         if not ckpt.is_file():
-            raise ConfigError(f"--resume: there is no {ckpt} to resume; drop --resume to start")
+            what = (
+                "--overwrite to start over" if (out / LOSS_LOG).exists() else "no --resume to start"
+            )
+            raise ConfigError(f"--resume: there is no {ckpt} to resume; pass {what}")
         state = read_checkpoint(ckpt, device)
         differ = resume_mismatches(state["train_config"], cfg)
         if differ:

@@ -3,14 +3,19 @@
 Every field of :class:`TrainConfig` carries its help text, its choices or its allowed range, and
 whether a resumed run must keep it, in ``metadata``; :mod:`diffusion_tutorial.training.cli` builds
 the options from these fields, and :meth:`TrainConfig.validate` checks them, so a name, a type, a
-default or a range is written once. Book: Training the U-Net. Loshchilov & Hutter 2019 (AdamW).
+default or a range is written once.
+
+Book: Training the U-Net (Part 2). Loshchilov & Hutter 2019 (AdamW).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
+
+import torch
 
 from diffusion_tutorial.checks import check_float_in_range, check_int_in_range
 from diffusion_tutorial.core.schedules import SCHEDULES
@@ -161,6 +166,9 @@ class TrainConfig:
     command: str = option("", "the command line, recorded in the exported metadata", cli=False)
 
     def __post_init__(self) -> None:
+        for name in ("out_dir", "init", "export"):  # paths are stored as text in checkpoints
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         self.validate()
 
     def validate(self) -> TrainConfig:
@@ -189,6 +197,13 @@ class TrainConfig:
             raise ConfigError("--resume (continue) and --overwrite (start over) exclude each other")
         if not self.out_dir:
             raise ConfigError("--out must be a folder path, got ''")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except RuntimeError as err:
+                raise ConfigError(
+                    f"--device must be cuda, mps or cpu (or e.g. cuda:1): {err}"
+                ) from None
         return self
 
 

@@ -1,7 +1,7 @@
 """The training loop: minimise L_simple with AdamW, warm-up, gradient clipping and an EMA of the weights.
 
-Book: Training the U-Net. Ho et al. 2020, Algorithm 1 (L_simple); Ho & Salimans 2022, Algorithm 1
-(label dropout to the null class); Loshchilov & Hutter 2019 (AdamW).
+Book: Training the U-Net (Part 2). Ho et al. 2020, Algorithm 1 (L_simple); Ho & Salimans 2022,
+Algorithm 1 (label dropout to the null class); Loshchilov & Hutter 2019 (AdamW).
 
 Exact resumption: the data order is a pure function of (seed, step) (one fixed permutation per
 epoch), and the checkpoint stores the model, EMA, optimiser, step, every random state and the
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     Everything that can refuse the run (settings, data, network, ``--init``, ``--export``, the
     state of the run folder) is checked before the folder is changed. Runs under ``torchrun``
     when a process group is initialised (see ``diffusion_tutorial.train``).
-    Book: Training the U-Net. Ho et al. 2020, Algorithm 1.
+    Book: Training the U-Net (Part 2). Ho et al. 2020, Algorithm 1.
     """
     start = time.perf_counter()
     cfg.validate()
@@ -185,8 +185,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         if state is not None:
             restore_checkpoint(state, raw_model, ema, opt, scaler, gen, device, rank)
             step, wall_before = state["step"], state["wall_time_s"]
-            loss_sum.fill_(state["loss_window"]["sum"])
-            window_start = state["loss_window"]["start"]
+            window = state.get("loss_window", {"sum": 0.0, "start": step})  # older checkpoints
+            loss_sum.fill_(window["sum"])
+            window_start = window["start"]
         log = LossLog(out / LOSS_LOG, window_start if state else None, enabled=rank == 0)
 
         def checkpoint() -> None:  # every rank calls it (collectives), rank 0 writes
