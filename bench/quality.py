@@ -1,25 +1,30 @@
-"""Sample quality and speed of the shipped MNIST models, sampler by sampler.
+"""Sample quality of the shipped MNIST models, sampler by sampler, on the same starting noise.
 
-For each checkpoint ("mnist", "mnist-cond") and each sampler (DDPM with all T steps, DDIM with
-10/20/50/100 steps and eta 0 and 1, DPM-Solver++ with 10/20 NFE, its SDE variant with 20 NFE),
-each with the package's default step spacing and order, it draws ``--n`` samples and reports,
-on one markdown line:
+Each *draw* (seeds ``--seed``, ``--seed + 1``, ...) fixes ``--n`` starting points x_T, the noise
+stream of the stochastic samplers, ``--n`` MNIST test images (the reference) and ``--n`` training
+images (the floor). Within a draw every sampler starts from the same x_T, so the differences
+between rows are the samplers'; across draws one sees how much MNIST-FID moves with the draw.
+Reported per sampler, on one markdown line:
 
-* MNIST-FID (own classifier features) against ``--n`` MNIST test images, next to the
-  real-vs-real floor (``--n`` training images against the same test images). It is NOT
-  comparable to Inception FID;
-* the fraction of samples the classifier labels with confidence >= 0.9;
+* MNIST-FID (the book's own classifier features, NOT comparable to Inception FID) per draw and
+  its mean ± standard deviation over draws; the first line gives the real-vs-real floor per draw
+  (``--n`` training against the same ``--n`` test images: what a perfect model would score);
+* the fraction of samples the classifier labels with confidence >= 0.9 (mean over draws);
 * for the conditional model, the fraction classified as the requested digit (labels 0..9 in
-  turn), with classifier-free guidance at each ``--guidance`` scale (``--extra-guidance`` scales
-  only for ``--extra-samplers``);
-* wall time of sampling alone (synchronised on CUDA) and images per second.
+  turn), with classifier-free guidance at each ``--guidance`` scale;
+* wall time of sampling per draw (synchronised on CUDA).
 
-Usage (repository root)::
+Sampler settings (``--samplers``, comma-separated; GRID is leading, uniform, quadratic or logsnr
+and defaults to the sampler's own): ``ddpm`` (all T steps), ``ddim:STEPS:ETA[:GRID]``,
+``dpm:STEPS[:ORDER][:GRID]`` (DPM-Solver++, default order 2), ``sde:STEPS[:GRID]``
+(SDE-DPM-Solver++(2)).
 
-    python bench/quality.py --n 2000 --device cuda --batch 1000 --out quality.md
-    python bench/quality.py --weights-dir $OUT/weights ...   # freshly exported, no hash check
-    python bench/quality.py --n 16 --batch 16 --device cpu --samplers ddim:10:0,dpm:10  # smoke test
-    python bench/quality.py --models mnist --samplers sde:20,sde:20:power   # another step grid
+Reproduce ``bench/results/quality_defaults.md`` (CPU, float32, 2 threads; ~2 s per network
+evaluation of 1,000 samples, so about 45 minutes):
+
+    nice -n 5 .venv/bin/python bench/quality.py --device cpu --threads 2 --models mnist \\
+        --n 1000 --batch 500 --draws 3 --samplers ddim:50:0,dpm:20,dpm:20:3,sde:20,sde:20:leading \\
+        --out bench/results/quality_defaults.md
 
 Book: Evaluating samples; the model cards quote its output.
 """
@@ -27,6 +32,7 @@ Book: Evaluating samples; the model cards quote its output.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -48,81 +54,78 @@ from diffusion_tutorial.samplers import (  # noqa: E402
     ddpm_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
+    leading_timesteps,
     logsnr_timesteps,
-    power_timesteps,
+    quadratic_timesteps,
     uniform_timesteps,
 )
-from diffusion_tutorial.samplers.dpm_solver import ORDER3_MAX_STEP  # noqa: E402
 
-# Step grids an sde spec may name instead of the sampler's default: "sde:20:power".
-SPACINGS = {"logsnr": logsnr_timesteps, "power": power_timesteps, "uniform": uniform_timesteps}
-
-DEFAULT_SAMPLERS = "ddpm,ddim:10:0,ddim:20:0,ddim:50:0,ddim:100:0,ddim:10:1,ddim:20:1,ddim:50:1,ddim:100:1,dpm:10,dpm:20,sde:20"  # noqa: E501
+GRIDS = {
+    "leading": leading_timesteps,
+    "uniform": uniform_timesteps,
+    "quadratic": quadratic_timesteps,
+    "logsnr": logsnr_timesteps,
+}
+DEFAULT_SAMPLERS = "ddpm,ddim:20:0,ddim:50:0,ddim:50:1,dpm:10,dpm:20,dpm:20:3,sde:20"
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One sampler setting: its kind, NFE, DDIM's eta and (sde only) a step grid from SPACINGS."""
+    """One sampler setting: kind, NFE, DDIM's eta, DPM-Solver++'s order and a grid from GRIDS."""
 
     kind: str  # "ddpm", "ddim", "dpm" (DPM-Solver++) or "sde" (SDE-DPM-Solver++(2))
     steps: int | None  # None: DDPM with all T steps
     eta: float = 0.0
-    spacing: str | None = None  # None: the sampler's default grid
+    order: int | None = None  # None: the sampler's default
+    grid: str | None = None  # None: the sampler's default
 
     @staticmethod
     def parse(text: str) -> SamplerSpec:
-        parts = text.strip().split(":")
-        if parts[0] == "ddpm" and len(parts) == 1:
-            return SamplerSpec("ddpm", None)
-        if parts[0] == "ddim" and len(parts) == 3:
-            return SamplerSpec("ddim", int(parts[1]), float(parts[2]))
-        if parts[0] in ("dpm", "sde") and len(parts) == 2:
-            return SamplerSpec(parts[0], int(parts[1]))
-        if parts[0] == "sde" and len(parts) == 3 and parts[2] in SPACINGS:
-            return SamplerSpec("sde", int(parts[1]), spacing=parts[2])
+        kind, *rest = text.strip().split(":")
+        grid = rest.pop() if rest and rest[-1] in GRIDS else None
+        try:
+            if kind == "ddpm" and not rest and grid is None:
+                return SamplerSpec("ddpm", None)
+            if kind == "ddim" and len(rest) == 2:
+                return SamplerSpec("ddim", int(rest[0]), eta=float(rest[1]), grid=grid)
+            if kind == "dpm" and len(rest) in (1, 2):
+                order = int(rest[1]) if len(rest) == 2 else None
+                return SamplerSpec("dpm", int(rest[0]), order=order, grid=grid)
+            if kind == "sde" and len(rest) == 1:
+                return SamplerSpec("sde", int(rest[0]), grid=grid)
+        except ValueError:
+            pass
         raise argparse.ArgumentTypeError(
-            f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA, dpm:STEPS (DPM-Solver++) or "
-            f"sde:STEPS[:SPACING] (SDE-DPM-Solver++; SPACING in {sorted(SPACINGS)})"
+            f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA[:GRID], dpm:STEPS[:ORDER][:GRID] or "
+            f"sde:STEPS[:GRID] with GRID in {sorted(GRIDS)}"
         )
 
     def label(self, schedule) -> str:
-        T = schedule.T
+        grid = f", {self.grid} grid" if self.grid else ""
         if self.kind == "ddpm":
-            return f"DDPM {T}"
+            return f"DDPM {schedule.T}"
         if self.kind == "ddim":
-            return f"DDIM {self.steps}, η={self.eta:g}"
+            return f"DDIM {self.steps}, η={self.eta:g}{grid}"
         if self.kind == "sde":
-            grid = f", {self.spacing}_timesteps" if self.spacing else ""
             return f"SDE-DPM-Solver++(2) {self.steps}{grid}"
-        # The default grid is uniform in lambda: order 3 unless its steps exceed ORDER3_MAX_STEP.
-        h = (schedule.lam[1] - schedule.lam[T]).item() / max(self.steps - 1, 1)
-        return f"DPM-Solver++({3 if h <= ORDER3_MAX_STEP else 2}M) {self.steps}"
+        return f"DPM-Solver++({self.order or 2}M) {self.steps}{grid}"
 
     def run(self, model_fn, schedule, x_T: torch.Tensor, generator: torch.Generator):
+        kw = {"timesteps": GRIDS[self.grid]} if self.grid else {}
         if self.kind == "ddpm":
             return ddpm_sample(model_fn, schedule, x_T, generator=generator, progress=False)
         if self.kind == "ddim":
             return ddim_sample(
-                model_fn,
-                schedule,
-                x_T,
-                steps=self.steps,
-                eta=self.eta,
-                generator=generator,
-                progress=False,
-            )
+                model_fn, schedule, x_T, steps=self.steps, eta=self.eta, generator=generator,
+                progress=False, **kw,
+            )  # fmt: skip
         if self.kind == "sde":
-            grid = {"timesteps": SPACINGS[self.spacing]} if self.spacing else {}
             return dpm_solver_sde_sample(
-                model_fn,
-                schedule,
-                x_T,
-                steps=self.steps,
-                generator=generator,
-                progress=False,
-                **grid,
+                model_fn, schedule, x_T, steps=self.steps, generator=generator, progress=False, **kw
             )
-        return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, progress=False)
+        if self.order is not None:
+            kw["order"] = self.order
+        return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, progress=False, **kw)
 
 
 def parse_samplers(text: str) -> list[SamplerSpec]:
@@ -138,29 +141,31 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def generate(model, schedule, spec, n, batch, device, seed, guidance, amp):
-    """Draw n samples (n, 1, 28, 28) in batches; returns (images on CPU, requested labels, seconds)."""
+def generate(model, schedule, spec, x_T, batch, seed, guidance, amp):
+    """Samples (n, C, H, W) on the CPU from the given x_T (n, C, H, W), the requested labels and seconds.
+
+    The stochastic samplers draw their noise from a generator seeded with ``seed``, so two
+    samplers of one draw share x_T and the noise stream (as far as they draw the same amount).
+    """
+    device = x_T.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    cfg = model.config
-    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    y_all = torch.arange(n) % 10  # (n,) requested digits, balanced
+    y_all = torch.arange(len(x_T)) % 10  # (n,) requested digits, balanced
     out = []
     sync(device)
     start = time.perf_counter()
-    for lo in range(0, n, batch):
-        b = min(batch, n - lo)
-        x_T = torch.randn((b, *shape), generator=gen, device=device)  # (b, C, H, W)
+    for lo in range(0, len(x_T), batch):
+        x_batch = x_T[lo : lo + batch]  # (b, C, H, W)
+        y = y_all[lo : lo + len(x_batch)].to(device)
         if guidance is None:
             model_fn = model
         elif guidance == 1.0:  # the plain conditional model: one pass, no guidance needed
-            y = y_all[lo : lo + b].to(device)
 
             def model_fn(x_t, t, y=y):
                 return model(x_t, t, y)
         else:
-            model_fn = classifier_free_guidance(model, y_all[lo : lo + b].to(device), guidance)
+            model_fn = classifier_free_guidance(model, y, guidance)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            x_0 = spec.run(model_fn, schedule, x_T, gen)
+            x_0 = spec.run(model_fn, schedule, x_batch, gen)
         out.append(x_0.float().clamp(-1, 1).cpu())
     sync(device)
     return torch.cat(out), y_all, time.perf_counter() - start
@@ -168,9 +173,8 @@ def generate(model, schedule, spec, n, batch, device, seed, guidance, amp):
 
 def load_model(name: str, weights_dir: Path | None, device: torch.device):
     if weights_dir is None:
-        return pretrained.load(
-            name, device=device
-        ), f"shipped ({pretrained.REGISTRY[name].filename})"
+        entry = pretrained.REGISTRY[name]
+        return pretrained.load(name, device=device), f"shipped ({entry.filename})"
     for filename in (f"{name}.safetensors", pretrained.REGISTRY[name].filename):
         path = weights_dir / filename
         if path.is_file():
@@ -179,130 +183,131 @@ def load_model(name: str, weights_dir: Path | None, device: torch.device):
     raise FileNotFoundError(f"no {name}.safetensors in {weights_dir}")
 
 
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--n", type=int, default=2000, help="samples per setting (and real images)")
+    p.add_argument(
+        "--n", type=int, default=2000, help="samples per setting and draw (and real images)"
+    )
+    p.add_argument("--draws", type=int, default=1, help="draws of x_T (seeds seed, seed + 1, ...)")
     p.add_argument("--batch", type=int, default=500, help="images per sampler call")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--models", default="mnist,mnist-cond", help="comma-separated checkpoints")
     p.add_argument(
-        "--weights-dir",
-        type=Path,
-        default=None,
+        "--weights-dir", type=Path, default=None,
         help="load <name>.safetensors from here (no hash check) instead of the package",
-    )
+    )  # fmt: skip
     p.add_argument(
         "--classifier", type=Path, default=None, help="classifier file (default: shipped)"
     )
     p.add_argument(
-        "--samplers",
-        type=parse_samplers,
-        default=parse_samplers(DEFAULT_SAMPLERS),
+        "--samplers", type=parse_samplers, default=parse_samplers(DEFAULT_SAMPLERS),
         help=f"comma-separated settings (default: {DEFAULT_SAMPLERS})",
-    )
+    )  # fmt: skip
     p.add_argument(
-        "--guidance",
-        type=parse_floats,
-        default=[3.0],
+        "--guidance", type=parse_floats, default=[3.0],
         help="guidance scales for mnist-cond, all samplers (1 = plain conditional)",
-    )
+    )  # fmt: skip
     p.add_argument(
-        "--extra-guidance",
-        type=parse_floats,
-        default=[0.0, 1.0],
+        "--extra-guidance", type=parse_floats, default=[0.0, 1.0],
         help="more scales for mnist-cond, --extra-samplers only",
-    )
+    )  # fmt: skip
     p.add_argument("--extra-samplers", type=parse_samplers, default=parse_samplers("dpm:20"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--amp", action="store_true", help="sample under bfloat16 autocast")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (compiled in the warm-up; same float32 maths, faster)",
-    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (same maths)")
     p.add_argument("--out", type=Path, default=Path("quality.md"), help="markdown output file")
     args = p.parse_args(argv)
-    if args.n < 2 or args.batch < 1:
-        p.error("--n must be >= 2 and --batch >= 1")
+    if args.n < 2 or args.batch < 1 or args.draws < 1:
+        p.error("--n must be >= 2, --batch and --draws >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device) if args.device else default_device()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    seeds = [args.seed + k for k in range(args.draws)]
 
+    # Per draw: the reference (test) features and the real-vs-real floor, computed once.
     classifier = pretrained.load_classifier(args.classifier, device=device)
-    gen = torch.Generator().manual_seed(args.seed)
-    reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
-    real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
-    ref_features = classifier_features(classifier, reference)  # (n, hidden), computed once
-    floor = metrics.frechet_distance(classifier_features(classifier, real_train), ref_features)
-    real_conf = metrics.confident_fraction(classifier, reference)
-    log(f"real-vs-real {metrics.MNIST_FID_NAME} at n={args.n}: {floor:.2f}")
+    refs, floors = [], []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed)
+        reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
+        real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
+        refs.append(classifier_features(classifier, reference))  # (n, hidden)
+        floors.append(
+            metrics.frechet_distance(classifier_features(classifier, real_train), refs[-1])
+        )
+        log(f"draw {seed}: real-vs-real {metrics.MNIST_FID_NAME} at n={args.n}: {floors[-1]:.2f}")
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    draw_cols = " | ".join(f"seed {s}" for s in seeds)
     lines = [
-        f"## Sample quality: {metrics.MNIST_FID_NAME}, {args.n} samples per line",
+        f"## Sample quality: {metrics.MNIST_FID_NAME}, {args.n} samples per draw",
         "",
-        f"Device: {device_name}, torch {torch.__version__}, batch {args.batch}, "
-        f"{'bf16 autocast' if args.amp else 'float32 (TF32 on CUDA)'}, "
-        f"{'torch.compile, ' if args.compile else ''}seed {args.seed}. "
-        f"MNIST-FID uses the book's own classifier features and is not comparable to Inception "
-        f"FID. Floor = {args.n} MNIST training vs {args.n} test images: **{floor:.2f}** "
-        f"(real test images classified with confidence >= 0.9: {real_conf:.1%}).",
+        f"Device: {device_name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"batch {args.batch}, {'bf16 autocast' if args.amp else 'float32 (TF32 on CUDA)'}"
+        f"{', torch.compile' if args.compile else ''}. Every sampler of a draw starts from the "
+        f"same {args.n} x_T. MNIST-FID uses the book's own classifier features and is not "
+        f"comparable to Inception FID.",
         "",
+        f"| model | sampler | NFE | w | {draw_cols} | mean ± std | FID / floor "
+        f"| conf ≥ 0.9 | requested class | s per draw |",
+        "|" + "---|" * (9 + len(seeds)),
+        f"| real vs real (floor) | — | — | — | {' | '.join(f'{f:.2f}' for f in floors)} "
+        f"| {mean_std(floors)} | 1.00 | — | — | — |",
     ]
-    header = (
-        "| model | sampler | NFE | w | MNIST-FID | real-vs-real floor | FID / floor "
-        "| conf ≥ 0.9 | requested class | wall s | images/s |"
-    )
-    table = [header, "|" + "---|" * 11]
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         (model, schedule), source = load_model(name, args.weights_dir, device)
-        lines.append(f"- `{name}`: {source}, T = {schedule.T}")
-        if args.compile:  # attributes such as model.config still reach the module
+        lines.insert(3, f"- `{name}`: {source}, T = {schedule.T}")
+        if args.compile:
             model = torch.compile(model)
         conditional = model.config.num_classes is not None
         runs = [(s, None) for s in args.samplers]
         if conditional:
             runs = [(s, w) for w in args.guidance for s in args.samplers]
             runs += [(s, w) for w in args.extra_guidance for s in args.extra_samplers]
-        # Warm-up (CUDA kernels, cuDNN autotuning) so that the first timed line is fair.
-        warm = SamplerSpec("ddim", 2)
-        generate(
-            model,
-            schedule,
-            warm,
-            min(args.n, args.batch),
-            args.batch,
-            device,
-            0,
-            None if not conditional else 3.0,
-            args.amp,
-        )
+        cfg = model.config
+        shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         for spec, w in runs:
             nfe = schedule.T if spec.steps is None else spec.steps
             if nfe > schedule.T:
                 log(f"skip {spec.label(schedule)}: more steps than T = {schedule.T}")
                 continue
-            images, y, seconds = generate(
-                model, schedule, spec, args.n, args.batch, device, args.seed, w, args.amp
-            )
-            fid = metrics.frechet_distance(classifier_features(classifier, images), ref_features)
-            conf = metrics.confident_fraction(classifier, images)
-            acc = f"{metrics.class_accuracy(classifier, images, y):.1%}" if conditional else "—"
+            fids, confs, accs, secs = [], [], [], []
+            for seed, ref in zip(seeds, refs, strict=True):
+                gen = torch.Generator(device=device).manual_seed(seed)
+                x_T = torch.randn((args.n, *shape), generator=gen, device=device)  # same for all
+                images, y, seconds = generate(
+                    model, schedule, spec, x_T, args.batch, seed + 10_000, w, args.amp
+                )
+                fids.append(metrics.frechet_distance(classifier_features(classifier, images), ref))
+                confs.append(metrics.confident_fraction(classifier, images))
+                if conditional:
+                    accs.append(metrics.class_accuracy(classifier, images, y))
+                secs.append(seconds)
+            acc = f"{statistics.mean(accs):.1%}" if conditional else "—"
             row = (
-                f"| {name} | {spec.label(schedule)} | {nfe} | {'—' if w is None else f'{w:g}'}"
-                f" | {fid:.2f} | {floor:.2f} | {fid / floor:.2f} | {conf:.1%} | {acc} "
-                f"| {seconds:.1f} | {args.n / seconds:.1f} |"
+                f"| {name} | {spec.label(schedule)} | {nfe} | {'—' if w is None else f'{w:g}'} "
+                f"| {' | '.join(f'{f:.2f}' for f in fids)} | {mean_std(fids)} "
+                f"| {statistics.mean(f / fl for f, fl in zip(fids, floors, strict=True)):.2f} "
+                f"| {statistics.mean(confs):.1%} | {acc} | {statistics.mean(secs):.1f} |"
             )
-            table.append(row)
+            lines.append(row)
             log(row)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    text = "\n".join(lines + [""] + table) + "\n"
+    text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -12,14 +12,10 @@ T = 1000. The model is the exact optimal eps-predictor, so every error below is 
    over all pixels, and RMS standardised mean error) with the same x_T and the same noise stream.
 3. Overhead: sampler time per step with a free model vs. one forward pass of a ~1M-parameter
    U-Net at batch 64 x 1 x 28 x 28 (float32, CPU).
-4. The same question as 1 for the shipped MNIST model (``pretrained.load("mnist")``): RMS
-   distance of deterministic samples to a 250-step DPM-Solver++(3M) solution of the model's own
-   probability-flow ODE from the same 200 x_T. Real images differ from the Gaussian problem in
-   the way that decides the step spacing (a few directions of scale ~4 where digits take shape
-   at medium noise, and a network whose x0_hat is poor at the highest noise), so a default
-   must do well on both. Skipped with --no-model.
+Sample quality of the defaults on the shipped MNIST model: bench/quality.py.
 
-Run: .venv/bin/python bench/samplers.py [--no-model]   (about 12 minutes on 2 CPU cores)
+Run: .venv/bin/python bench/samplers.py   (about 10 minutes on 2 CPU cores; section 1 alone:
+.venv/bin/python bench/samplers.py --section 1). Committed output: bench/results/.
 """
 
 from __future__ import annotations
@@ -34,26 +30,22 @@ import torch
 from diffusion_tutorial.core.gaussian import GaussianData
 from diffusion_tutorial.core.schedules import linear_schedule
 from diffusion_tutorial.samplers import (
-    clipped_logsnr_timesteps,
     ddim_sample,
     ddpm_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
-    karras_timesteps,
+    leading_timesteps,
     logsnr_timesteps,
-    power_timesteps,
     quadratic_timesteps,
     uniform_timesteps,
 )
 
 NFES = (10, 20, 50, 100)
 SPACINGS = {
-    "power (p=1.25)": power_timesteps,
+    "leading": leading_timesteps,
     "uniform": uniform_timesteps,
     "quadratic": quadratic_timesteps,
     "logsnr": logsnr_timesteps,
-    "clipped_logsnr": clipped_logsnr_timesteps,
-    "karras": karras_timesteps,
 }
 
 try:
@@ -147,7 +139,7 @@ def deterministic_table(schedule) -> None:
         print(f"{name:44s}" + "".join(f"{e:11.2e}" for e in errs) + (f"  {note}" if note else ""))
 
     for name, fn in SPACINGS.items():
-        star = " *" if fn is power_timesteps else ""
+        star = " *" if fn is leading_timesteps else ""
         errs = [
             rms(ddim_sample(model, schedule, x_T, steps=n, timesteps=fn, progress=False), ref)
             for n in NFES
@@ -155,7 +147,7 @@ def deterministic_table(schedule) -> None:
         row(f"ours DDIM (eta=0), {name}{star}", errs)
     for order in (2, 3):
         for name, fn in SPACINGS.items():
-            star = " *" if (fn is logsnr_timesteps and order == 3) else ""
+            star = " *" if (fn is logsnr_timesteps and order == 2) else ""
             errs = [
                 rms(
                     dpm_solver_sample(
@@ -207,8 +199,9 @@ def deterministic_table(schedule) -> None:
     which = [min(results, key=lambda k: results[k][i]) for i in range(len(NFES))]
     row(f"diffusers DPMSolverMultistep best of {len(results)}", best, " | ".join(which))
     print(
-        "* = our default (DPM-Solver++: order 3, which falls back to 2M on lambda steps > 0.9,"
-        " i.e. below 12 steps here). diffusers schedulers: clip_sample=False, built from config."
+        "* = our default (ddim_sample: leading grid; dpm_solver_sample: order 2 on the logsnr grid)."
+        " diffusers schedulers: clip_sample=False, built from config. ours DDIM leading equals"
+        " diffusers' DDIM default (leading) up to float32 rounding of its alphas_cumprod."
     )
 
 
@@ -308,8 +301,8 @@ def overhead_table(schedule) -> None:
         "DDIM eta=0, 100 steps": lambda p: ddim_sample(
             free_model, schedule, x, steps=100, progress=p
         ),
-        "DPM-Solver++(3M), 100 steps": lambda p: dpm_solver_sample(
-            free_model, schedule, x, steps=100, order=3, progress=p
+        "DPM-Solver++(2M), 100 steps": lambda p: dpm_solver_sample(
+            free_model, schedule, x, steps=100, progress=p
         ),
     }
     for name, fn in cases.items():
@@ -322,70 +315,6 @@ def overhead_table(schedule) -> None:
             print(
                 f"   {name:30s} progress={progress!s:5s}: {per_step * 1e6:7.1f} us/step = {100 * per_step / forward:5.2f} % of a forward"
             )
-
-
-def trained_model_table(schedule) -> None:
-    from diffusion_tutorial import pretrained
-
-    model, schedule = pretrained.load("mnist")
-    model.eval()
-    x_T = torch.randn(200, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    start = time.perf_counter()
-    ref = dpm_solver_sample(model, schedule, x_T, steps=250, order=3, progress=False)
-    half = dpm_solver_sample(model, schedule, x_T, steps=125, order=3, progress=False)
-    nfes = (10, 20, 50)
-    print(
-        "\n4. Shipped MNIST model: RMS distance to its own ODE solution (250-step DPM-Solver++(3M),"
-        f" {time.perf_counter() - start:.0f} s; 125 steps differ from it by {rms(half, ref):.1e})"
-    )
-    print(f"{'sampler':44s}" + "".join(f"{n:>11d}" for n in nfes))
-
-    def row(name, run):
-        errs = [rms(run(n), ref) for n in nfes]
-        print(f"{name:44s}" + "".join(f"{e:11.2e}" for e in errs), flush=True)
-
-    for name, fn in SPACINGS.items():
-        if name in ("power (p=1.25)", "uniform", "quadratic"):
-            star = " *" if fn is power_timesteps else ""
-            row(
-                f"ours DDIM (eta=0), {name}{star}",
-                lambda n, fn=fn: ddim_sample(
-                    model, schedule, x_T, steps=n, timesteps=fn, progress=False
-                ),
-            )
-    for order in (2, 3):
-        for name, fn in SPACINGS.items():
-            if name in ("logsnr", "karras", "uniform"):
-                star = " *" if (fn is logsnr_timesteps and order == 3) else ""
-                row(
-                    f"ours DPM-Solver++({order}M), {name}{star}",
-                    lambda n, fn=fn, order=order: dpm_solver_sample(
-                        model, schedule, x_T, steps=n, order=order, timesteps=fn, progress=False
-                    ),
-                )
-    if not HAVE_DIFFUSERS:
-        return
-    for label, cfg in [
-        ("diffusers DDIM default (leading)", {}),
-        (
-            "diffusers DDIM linspace/alpha1=False",
-            dict(timestep_spacing="linspace", set_alpha_to_one=False),
-        ),
-    ]:
-        sch = DDIMScheduler(**LINEAR, clip_sample=False, **cfg)
-        row(label, lambda n, sch=sch: run_diffusers(sch, model, x_T, n))
-    for order in (2, 3):
-        sch = DPMSolverMultistepScheduler(
-            **LINEAR, solver_order=order, use_lu_lambdas=True, final_sigmas_type="zero"
-        )
-        row(
-            f"diffusers DPMSolverMultistep lu/o{order}/mid",
-            lambda n, sch=sch: run_diffusers(sch, model, x_T, n),
-        )
-    print(
-        "(diffusers' leading DDIM starts x_T at t = 901: it never asks the network at t > 901, where"
-        " this network's x0_hat is worst; the exact Gaussian model has no such weak spot.)"
-    )
 
 
 def _stand_in_net() -> torch.nn.Module:
@@ -424,18 +353,20 @@ def _stand_in_net() -> torch.nn.Module:
 
 def main() -> None:
     warnings.filterwarnings("ignore")
+    args = sys.argv[1:]
+    sections = {args[args.index("--section") + 1]} if "--section" in args else {"1", "2", "3"}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the accuracy tables are many small ops: one thread is fastest
     schedule = linear_schedule()
     print("Sampler benchmark: exact Gaussian denoiser, linear schedule T=1000, float64")
     start = time.perf_counter()
-    deterministic_table(schedule)
-    stochastic_table(schedule)
+    if "1" in sections:
+        deterministic_table(schedule)
+    if "2" in sections:
+        stochastic_table(schedule)
     torch.set_num_threads(threads)
-    overhead_table(schedule)
-    if "--no-model" not in sys.argv[1:]:
-        with torch.no_grad():
-            trained_model_table(schedule)
+    if "3" in sections:
+        overhead_table(schedule)
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
 
 

@@ -46,15 +46,13 @@ from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 from diffusion_tutorial.runtime import default_device, fast_or_full, is_fast
 from diffusion_tutorial.samplers import (
-    clipped_logsnr_timesteps,
     ddim_invert,
     ddim_sample,
     ddpm_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
-    karras_timesteps,
+    leading_timesteps,
     logsnr_timesteps,
-    power_timesteps,
     quadratic_timesteps,
     uniform_timesteps,
 )
@@ -103,12 +101,10 @@ __all__ = [
     "ddim_invert",
     "dpm_solver_sample",
     "dpm_solver_sde_sample",
-    "power_timesteps",
+    "leading_timesteps",
     "uniform_timesteps",
     "quadratic_timesteps",
     "logsnr_timesteps",
-    "clipped_logsnr_timesteps",
-    "karras_timesteps",
     "NoiseSchedule",
     "linear_schedule",
     "cosine_schedule",

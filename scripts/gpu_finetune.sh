@@ -38,9 +38,9 @@ if [ -n "${MNIST_TARBALL:-}" ]; then
     unpack_mnist "$MNIST_TARBALL" "$WORK/data" || { log "FATAL: no MNIST"; exit 1; }
 fi
 
-quality() {  # name, weights dir: DDPM 1000 and SDE-DPM-Solver++(2) 20 on the power grid
+quality() {  # name, weights dir: DDPM 1000 and SDE-DPM-Solver++(2) 20 on the leading grid
     timeout "$QSEC" "$PY" bench/quality.py --n "$N" --batch "$N" --device "$DEV" --models mnist \
-        --weights-dir "$2" --samplers ddpm,sde:20:power --out "$WORK/res/quality_$1.md" \
+        --weights-dir "$2" --samplers ddpm,sde:20:leading --out "$WORK/res/quality_$1.md" \
         >"$WORK/res/quality_$1.log" 2>&1
     log "quality $1 ended ($?): $(grep -h '^| mnist' "$WORK/res/quality_$1.md" 2>/dev/null | tr '\n' ' ')"
 }

@@ -14,7 +14,13 @@ from diffusion_tutorial.core.schedules import (
     linear_schedule,
     scaled_linear_schedule,
 )
-from diffusion_tutorial.samplers import ddim_sample, ddpm_sample, dpm_solver_sample
+from diffusion_tutorial.samplers import (
+    ddim_sample,
+    ddpm_sample,
+    dpm_solver_sample,
+    leading_timesteps,
+    uniform_timesteps,
+)
 
 diffusers = pytest.importorskip("diffusers")
 diffusers.utils.logging.set_verbosity_error()
@@ -64,31 +70,29 @@ def test_same_betas_and_alpha_bar(ours, config):
     )
 
 
-@pytest.mark.parametrize("steps", [10, 50])
+@pytest.mark.parametrize("steps", [1, 7, 10, 50, 999, 1000])
+def test_grids_match_diffusers_timestep_spacing(steps):
+    """leading_timesteps = "leading" (DDIM's reference code), uniform_timesteps = "linspace"."""
+    for ours, spacing in ((leading_timesteps, "leading"), (uniform_timesteps, "linspace")):
+        ref = diffusers.DDPMScheduler(**LINEAR, timestep_spacing=spacing)
+        assert ours(SCHED, steps).tolist() == book_times(ref, steps)(SCHED, steps).tolist()
+
+
+@pytest.mark.parametrize("steps", [10, 20, 50])
 def test_ddim_eta0_matches(steps):
-    # "leading" spacing with set_alpha_to_one: diffusers' own consistent DDIM time grid.
-    ref = diffusers.DDIMScheduler(**LINEAR, clip_sample=False, timestep_spacing="leading")
+    """The default call (leading grid) is diffusers' default DDIM, started at the same x_T."""
+    ref = diffusers.DDIMScheduler(**LINEAR, clip_sample=False)
     expected = run(ref, x_T(), steps)
-    ours = ddim_sample(
-        MODEL, SCHED, x_T(), steps=steps, timesteps=book_times(ref, steps), progress=False
-    )
+    ours = ddim_sample(MODEL, SCHED, x_T(), steps=steps, progress=False)
     # Starts at book t = 901 for 10 steps: both treat x_T as x_901, so they agree.
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_ddim_eta1_matches_with_same_noise():
-    ref = diffusers.DDIMScheduler(**LINEAR, clip_sample=False, timestep_spacing="leading")
+    ref = diffusers.DDIMScheduler(**LINEAR, clip_sample=False)
     expected = run(ref, x_T(), 20, eta=1.0, generator=torch.Generator().manual_seed(3))
-    ours = ddim_sample(
-        MODEL,
-        SCHED,
-        x_T(),
-        steps=20,
-        eta=1.0,
-        timesteps=book_times(ref, 20),
-        generator=torch.Generator().manual_seed(3),
-        progress=False,
-    )
+    g = torch.Generator().manual_seed(3)
+    ours = ddim_sample(MODEL, SCHED, x_T(), steps=20, eta=1.0, generator=g, progress=False)
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -106,8 +110,8 @@ def test_ddpm_matches_with_same_noise():
 def test_dpm_solver_pp_matches(order, steps):
     """Order 1 and the paper's 2M ("midpoint"); diffusers always ends with a first-order step to 0.
 
-    Order 3 is not compared: diffusers' 3M weights the quadratic term by phi_3 = I_2 / 2 (half the
-    exact integral), ours integrates it exactly (third-order convergence: test_samplers.py).
+    Order 3 is not compared: diffusers' 3M weights the quadratic term by half the exact integral,
+    ours integrates the parabola exactly (test_samplers.py checks that and third-order convergence).
     """
     ref = diffusers.DPMSolverMultistepScheduler(
         **LINEAR, solver_order=order, final_sigmas_type="zero"

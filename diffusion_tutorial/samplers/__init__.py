@@ -5,7 +5,7 @@ Every sampler takes ``model(x_t, t) -> eps_hat`` (t: int64 (B,) of book indices 
 ``NoiseSchedule`` and the starting noise, and shares the options ``clip_x0``, ``callback(i, t, x_t,
 x0_hat)`` and ``progress``. Step spacing is a function ``timesteps(schedule, steps)``.
 
-Book: Reverse process (DDPM) and Fast sampling (DDIM, DPM-Solver++).
+Book: Reverse process (Part 2) and Fast sampling (Part 3).
 """
 
 from diffusion_tutorial.samplers.common import Callback, TimestepFn
@@ -14,10 +14,8 @@ from diffusion_tutorial.samplers.ddpm import ddpm_sample
 from diffusion_tutorial.samplers.dpm_solver import dpm_solver_sample
 from diffusion_tutorial.samplers.dpm_solver_sde import dpm_solver_sde_sample
 from diffusion_tutorial.samplers.timesteps import (
-    clipped_logsnr_timesteps,
-    karras_timesteps,
+    leading_timesteps,
     logsnr_timesteps,
-    power_timesteps,
     quadratic_timesteps,
     uniform_timesteps,
 )
@@ -30,10 +28,8 @@ __all__ = [
     "ddim_invert",
     "dpm_solver_sample",
     "dpm_solver_sde_sample",
-    "power_timesteps",
+    "leading_timesteps",
     "uniform_timesteps",
-    "logsnr_timesteps",
-    "clipped_logsnr_timesteps",
-    "karras_timesteps",
     "quadratic_timesteps",
+    "logsnr_timesteps",
 ]

@@ -1,17 +1,22 @@
-"""What every sampler shares: input checks, one model call with optional x_0 clipping, the
-timestep schedule, the per-step callback and the progress bar.
+"""What every sampler shares: the input check, the time grid, one model call, the progress bar.
 
-Schedule coefficients are taken as Python floats (float64) once per call, so each step costs a few
-fused tensor operations in the dtype of ``x_T`` and no extra tensor allocations for coefficients.
+Schedule coefficients are read as Python floats (float64) once per call, so each step costs a few
+fused tensor operations in the dtype of ``x_T`` and no coefficient tensors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
 
-from diffusion_tutorial.checks import check_finite, check_float_tensor, check_positive_int
+from diffusion_tutorial.checks import (
+    check_finite,
+    check_float_tensor,
+    check_model_output,
+    check_positive_int,
+)
 from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.runtime import tqdm
@@ -30,7 +35,7 @@ Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 """``callback(i, t, x_t, x0_hat)``: called once per model evaluation i = 0, 1, ... at book time t."""
 
 TimestepFn = Callable[[NoiseSchedule, int], torch.Tensor]
-"""``timesteps(schedule, steps)`` -> int64 tensor (steps + 1,) from T down to 0, see timesteps.py."""
+"""``timesteps(schedule, steps)`` -> int64 tensor (steps + 1,) from the top down to 0, see timesteps.py."""
 
 
 def check_start(name: str, x: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
@@ -51,7 +56,19 @@ def resolve_timesteps(timesteps: TimestepFn, schedule: NoiseSchedule, steps: int
         raise ValueError(f"steps must be in 1..{schedule.T} (T), got {steps}")
     if not callable(timesteps):
         raise TypeError("timesteps must be a function (schedule, steps) -> int64 tensor")
-    ts = [int(v) for v in torch.as_tensor(timesteps(schedule, steps)).tolist()]
+    out = timesteps(schedule, steps)
+    if not isinstance(out, (torch.Tensor, list, tuple)):
+        raise TypeError(
+            f"timesteps(schedule, steps) must return an int64 tensor or a list of ints, "
+            f"got {type(out).__name__}"
+        )
+    out = torch.as_tensor(out)
+    if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
+        raise TypeError(
+            f"timesteps(schedule, steps) must return integer book times, got {out.dtype} "
+            f"values such as {out.reshape(-1)[:3].tolist()} (round them yourself: never truncated)"
+        )
+    ts = [int(v) for v in out.reshape(-1).tolist()]
     ok = len(ts) == steps + 1 and ts[0] <= schedule.T and ts[-1] == 0
     if not ok or any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
         raise ValueError(
@@ -62,27 +79,25 @@ def resolve_timesteps(timesteps: TimestepFn, schedule: NoiseSchedule, steps: int
 
 
 def predict(
-    model: Model,
-    x_t: torch.Tensor,
-    t: int,
-    sqrt_alpha_bar: float,
-    sigma: float,
-    clip_x0: bool,
+    model: Model, x_t: torch.Tensor, t: int, alpha_bar_t: float, clip_x0: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One model call: eps_hat = model(x_t, t) and x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_t).
 
     With ``clip_x0`` the prediction is clipped to [-1, 1] and eps_hat recomputed from it,
-    eps_hat = (x_t - sqrt(alpha_bar_t) x0_hat) / sigma_t, so that both stay consistent.
-    Book: Reverse process, eq. (x0-from-eps). Ho et al. 2020, eq. 15.
+    eps_hat = (x_t - sqrt(alpha_bar_t) x0_hat) / sigma_t, so that both stay consistent. The model
+    output is checked once (shape and finiteness, the error names t); a ``sqrt(alpha_bar_t)`` so
+    small that 1 / sqrt(alpha_bar_t) overflows the dtype of ``x_t`` is an error, not an inf.
+    Book: Reverse process (Part 2). Ho et al. 2020, eq. 15.
     """
-    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)  # (B,)
-    eps_hat = model(x_t, t_batch)
-    if not isinstance(eps_hat, torch.Tensor) or eps_hat.shape != x_t.shape:
-        shape = getattr(eps_hat, "shape", None)
+    sqrt_alpha_bar, sigma = math.sqrt(alpha_bar_t), math.sqrt(1 - alpha_bar_t)
+    if 1 / sqrt_alpha_bar > torch.finfo(x_t.dtype).max:
         raise ValueError(
-            f"model(x_t, t) must return a tensor of shape {tuple(x_t.shape)}, got {shape}"
+            f"sqrt(alpha_bar_t) = {sqrt_alpha_bar:.2e} at t={t} is too small for {x_t.dtype}: "
+            f"x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_t) would overflow; sample in "
+            f"float64 or start at a smaller t (a custom timesteps function)"
         )
-    eps_hat = eps_hat.to(x_t.dtype)
+    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)  # (B,)
+    eps_hat = check_model_output(model(x_t, t_batch), x_t, t).to(x_t.dtype)
     x0_hat = (x_t - sigma * eps_hat) / sqrt_alpha_bar  # (B, ...)
     if clip_x0:
         x0_hat = x0_hat.clamp(-1.0, 1.0)
