@@ -67,17 +67,17 @@ book: $(STAMP) mathjax
 notebooks-fast: $(STAMP)
 	@t0=$$(date +%s); $(FAST_ENV) $(BIN)/python scripts/execute_notebooks.py --jobs $(JOBS) \
 		--cache $(FAST_DIR)/_build/.jupyter_cache --config-out $(FAST_DIR)/_config.yml \
-		--reports $(FAST_DIR)/reports \
-		&& echo "TIME notebooks (executed once, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s"
+		--reports $(FAST_DIR)/reports; \
+		rc=$$?; echo "TIME notebooks (executed once, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
 
 # The build log names any page the build had to execute itself (its cache entry did not match).
 book-fast: notebooks-fast mathjax
 	@t0=$$(date +%s); $(FAST_ENV) $(BIN)/jupyter-book build . --config $(FAST_DIR)/_config.yml \
-		-W -n --keep-going --path-output $(FAST_DIR) 2>&1 | tee $(FAST_DIR)/build.log \
-		&& echo "TIME fast-mode book build (outputs from the cache): $$(( $$(date +%s) - t0 )) s" \
-		&& echo "Fast-mode book built: $(CURDIR)/$(FAST_HTML)/index.html"
-	@! grep -a "Executing notebook" $(FAST_DIR)/build.log \
-		|| echo "NOTE: the build executed the pages above a second time (not found in the cache)"
+		-W -n --keep-going --path-output $(FAST_DIR) 2>&1 | tee $(FAST_DIR)/build.log; \
+		rc=$$?; echo "TIME fast-mode book build (outputs from the cache): $$(( $$(date +%s) - t0 )) s, status $$rc"; \
+		! grep -a "Executing notebook" $(FAST_DIR)/build.log \
+		|| echo "NOTE: the build executed the pages above a second time (not found in the cache)"; \
+		[ $$rc = 0 ] && echo "Fast-mode book built: $(CURDIR)/$(FAST_HTML)/index.html"; exit $$rc
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -88,17 +88,17 @@ lint: $(STAMP)
 # prints the 15 slowest tests and the total.
 unit: $(ORACLE)
 	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 $(BIN)/pytest -n $(JOBS) --dist worksteal \
-		--durations=15 --ignore=tests/test_browser.py tests \
-		&& echo "TIME unit tests: $$(( $$(date +%s) - t0 )) s"
+		--durations=15 --ignore=tests/test_browser.py tests; \
+		rc=$$?; echo "TIME unit tests: $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
 
 quick: $(ORACLE)
 	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 $(BIN)/pytest -n $(JOBS) --dist worksteal \
-		--durations=15 -m "not slow" --ignore=tests/test_browser.py tests \
-		&& echo "TIME unit tests without slow: $$(( $$(date +%s) - t0 )) s"
+		--durations=15 -m "not slow" --ignore=tests/test_browser.py tests; \
+		rc=$$?; echo "TIME unit tests without slow: $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
 
 browser: $(STAMP)
-	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 BOOK_HTML=$(FAST_HTML) $(BIN)/pytest tests/test_browser.py -v \
-		&& echo "TIME browser test: $$(( $$(date +%s) - t0 )) s"
+	@t0=$$(date +%s); DIFFUSION_TUTORIAL_FAST=1 BOOK_HTML=$(FAST_HTML) $(BIN)/pytest tests/test_browser.py -v; \
+		rc=$$?; echo "TIME browser test: $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
 
 test: lint unit book-fast browser
 
