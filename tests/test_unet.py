@@ -15,6 +15,8 @@ from diffusion_tutorial.networks.unet import PRESETS, UNet, UNetConfig
 from diffusion_tutorial.training.ema import EMA
 
 TINY = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_heads=2)
+# For tests of the plumbing (time, labels, batching) rather than of image sizes: 8x8, 8 channels.
+SMALL = dict(TINY, image_size=8, base_channels=8, groups=4)
 
 
 def randomise(model: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -26,7 +28,7 @@ def randomise(model: nn.Module, generator: torch.Generator) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    ("in_channels", "image_size", "mults"), [(1, 28, (1, 2, 2)), (3, 32, (1, 2)), (2, 16, (1,))]
+    ("in_channels", "image_size", "mults"), [(1, 28, (1, 2, 2)), (3, 8, (1, 2)), (2, 4, (1,))]
 )
 @pytest.mark.parametrize("num_classes", [None, 10])
 def test_output_shape_matches_input(in_channels, image_size, mults, num_classes, generator):
@@ -45,8 +47,8 @@ def test_output_shape_matches_input(in_channels, image_size, mults, num_classes,
 
 def test_zero_initialised_output_predicts_zero(generator):
     # conv_out starts at zero, so eps_hat = 0 at initialisation (a stable start for L_simple).
-    model = UNet(UNetConfig(**TINY)).eval()
-    x_t = torch.randn(2, 1, 28, 28, generator=generator)
+    model = UNet(UNetConfig(**SMALL)).eval()
+    x_t = torch.randn(2, 1, 8, 8, generator=generator)
     assert torch.count_nonzero(model(x_t, torch.tensor([3, 7]))) == 0
 
 
@@ -59,30 +61,30 @@ def test_config_round_trips_through_json():
 def test_examples_are_independent_in_eval_mode(generator):
     # GroupNorm normalises each example on its own: a batch gives the same result as its parts.
     # Tolerance 1e-5: float32 convolutions may sum in a different order for another batch size.
-    model = randomise(UNet(UNetConfig(**TINY, num_classes=10)), generator)
-    x_t = torch.randn(4, 1, 28, 28, generator=generator)
+    model = randomise(UNet(UNetConfig(**SMALL, num_classes=10)), generator)
+    x_t = torch.randn(4, 1, 8, 8, generator=generator)
     t, y = torch.tensor([1, 10, 100, 1000]), torch.tensor([0, 3, 10, 7])
     full = model(x_t, t, y)
     torch.testing.assert_close(full[:2], model(x_t[:2], t[:2], y[:2]), atol=1e-5, rtol=1e-5)
 
 
 def test_time_and_label_change_the_output(generator):
-    model = randomise(UNet(UNetConfig(**TINY, num_classes=10)), generator)
-    x_t = torch.randn(1, 1, 28, 28, generator=generator)
+    model = randomise(UNet(UNetConfig(**SMALL, num_classes=10)), generator)
+    x_t = torch.randn(1, 1, 8, 8, generator=generator)
     base = model(x_t, torch.tensor([10]), torch.tensor([3]))
     assert not torch.allclose(base, model(x_t, torch.tensor([900]), torch.tensor([3])))
     assert not torch.allclose(base, model(x_t, torch.tensor([10]), torch.tensor([4])))
 
 
 def test_missing_label_means_null_class(generator):
-    model = randomise(UNet(UNetConfig(**TINY, num_classes=10)), generator)
-    x_t, t = torch.randn(2, 1, 28, 28, generator=generator), torch.tensor([5, 50])
+    model = randomise(UNet(UNetConfig(**SMALL, num_classes=10)), generator)
+    x_t, t = torch.randn(2, 1, 8, 8, generator=generator), torch.tensor([5, 50])
     torch.testing.assert_close(model(x_t, t), model(x_t, t, torch.tensor([10, 10])))
 
 
 def test_scalar_time_is_broadcast(generator):
-    model = randomise(UNet(UNetConfig(**TINY)), generator)
-    x_t = torch.randn(2, 1, 28, 28, generator=generator)
+    model = randomise(UNet(UNetConfig(**SMALL)), generator)
+    x_t = torch.randn(2, 1, 8, 8, generator=generator)
     torch.testing.assert_close(model(x_t, 17), model(x_t, torch.tensor([17, 17])))
 
 
