@@ -150,3 +150,13 @@ def test_vae_bad_inputs() -> None:
         vae_mod.train_vae(model, torch.rand(4, 1, 4, 4), 0)
     with pytest.raises(ValueError, match="latent_dim"):
         vae_mod.VAE(latent_dim=0)
+
+
+def test_bernoulli_likelihood_is_a_pmf_on_binary_images_only() -> None:
+    # Summed over all 2^4 binary 2x2 images, exp(log p(x | z)) is 1 (a probability mass function);
+    # grey-level images are outside its support, so "log-likelihoods" of them bound nothing.
+    bits = torch.cartesian_prod(*[torch.tensor([0.0, 1.0], dtype=D)] * 4)  # (16, 4)
+    images = bits.reshape(16, 1, 2, 2)
+    logits = torch.randn(1, 2, 2, generator=gen(30), dtype=D).expand(16, 1, 2, 2)
+    total = vae_mod.bernoulli_log_likelihood(images, logits).exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0, dtype=D), rtol=1e-12, atol=0)

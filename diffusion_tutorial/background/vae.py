@@ -149,6 +149,8 @@ class VAE(nn.Module):
 def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """log p(x | z) = sum_pixels [x log p + (1 - x) log(1 - p)], p = sigmoid(logits).
 
+    A log-probability (its exponential sums to 1 over images) only for binary ``x`` in {0, 1}; for
+    grey levels in (0, 1) the same formula is a negative binary cross-entropy, not a log-likelihood.
     ``x`` (B, 1, H, W) in [0, 1]; ``logits`` (..., B, 1, H, W) -> (..., B).
     Book: Evidence lower bound, eq. (eq-vae-objective).
     """
@@ -159,8 +161,10 @@ def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 def vae_elbo(
     model: VAE, x: torch.Tensor, n_samples: int = 1, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Per-image ELBO of ``model`` at images x (B, 1, H, W) in [0, 1], in nats -> (B,).
+    """Per-image ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || N(0, I)) at images x (B, 1, H, W) -> (B,).
 
+    A lower bound on log p(x) in nats when x is binary (binarise grey levels first, e.g. with
+    ``torch.bernoulli``); for grey levels in [0, 1] it is the same formula but bounds no likelihood.
     Book: Evidence lower bound, eqs. (eq-elbo-recon-kl), (eq-vae-objective).
     """
     check_float_tensor("x", x)
@@ -208,7 +212,11 @@ def train_vae(
 
 @torch.no_grad()
 def sample_vae(model: VAE, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Decode z ~ N(0, I): returns the Bernoulli means sigmoid(decode(z)), shape (n, 1, H, W)."""
+    """Decoder means pi(z) = sigmoid(decode(z)) for z ~ N(0, I), shape (n, 1, H, W).
+
+    These are pixel probabilities, not samples of the model: a sample is
+    ``torch.bernoulli(sample_vae(...), generator=...)``. Book: Evidence lower bound.
+    """
     check_positive_int("n", n)
     p = next(model.parameters())
     z = torch.randn(n, model.latent_dim, generator=generator, dtype=p.dtype, device=p.device)
