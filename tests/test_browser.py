@@ -260,7 +260,10 @@ def test_equation_numbers_carry_the_chapter(name):
     chapter = CHAPTERS.get(name)
     if chapter is None:
         # An unnumbered page would print bare (1), (2), ... beside the book's (c.k) numbers.
-        assert not numbers, f"unnumbered page with numbered equations {numbers}: drop the labels"
+        assert not numbers, (
+            f"numbered equations {numbers} on a page outside the numbered parts: put the page in a "
+            "part with `numbered: true` in _toc.yml, or drop the equation labels"
+        )
     else:
         assert numbers == [f"{chapter}.{k}" for k in range(1, len(numbers) + 1)]
 
