@@ -65,8 +65,8 @@ REGISTRY: dict[str, WeightsEntry] = {
         sha256="000460c73896adeceece9973da4dcfac3c0819fc158b2befd0dd6db922008f0f",
         retrain="four runs of python -m diffusion_tutorial.train --dataset mnist --model mnist, "
         "each from the last with --init: 3,919 steps on one H200, 5,938 on a 2-core CPU, then "
-        "twice 3,000 steps with --lr-decay cosine on one H100 (the model card gives each "
-        "command)",
+        "twice 3,000 steps with --lr-decay cosine on one H100 (scripts/TRAINING_HISTORY.md in "
+        "the repository gives each command)",
     ),
     "mnist-cond": WeightsEntry(
         filename="mnist-cond.safetensors",
