@@ -14,23 +14,23 @@ SCHED = cosine_schedule(100)
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x_0 = torch.randn(6, 3, generator=g, dtype=torch.float64)
     eps = torch.randn(6, 3, generator=g, dtype=torch.float64)
     t = torch.tensor([1, 2, 10, 50, 99, 100])
-    return x0, eps, t, q_sample(x0, t, SCHED, eps=eps)
+    return x_0, eps, t, q_sample(x_0, t, SCHED, eps=eps)
 
 
 def test_conversions_recover_the_truth(batch):
-    x0, eps, t, x_t = batch
-    v = SCHED.sqrt_alpha_bar[t][:, None] * eps - SCHED.sigma[t][:, None] * x0
+    x_0, eps, t, x_t = batch
+    v = SCHED.sqrt_alpha_bar[t][:, None] * eps - SCHED.sigma[t][:, None] * x_0
     # float64 round trips; 1e-9 absorbs the 1/sqrt(alpha_bar_T) ~ 1e3 amplification at t = T.
     tol = dict(rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(P.x0_from_eps(x_t, eps, t, SCHED), x0, **tol)
-    torch.testing.assert_close(P.eps_from_x0(x_t, x0, t, SCHED), eps, **tol)
+    torch.testing.assert_close(P.x0_from_eps(x_t, eps, t, SCHED), x_0, **tol)
+    torch.testing.assert_close(P.eps_from_x0(x_t, x_0, t, SCHED), eps, **tol)
     torch.testing.assert_close(P.v_from_eps(x_t, eps, t, SCHED), v, **tol)
     torch.testing.assert_close(P.eps_from_v(x_t, v, t, SCHED), eps, **tol)
-    torch.testing.assert_close(P.x0_from_v(x_t, v, t, SCHED), x0, **tol)
-    torch.testing.assert_close(P.v_from_x0(x_t, x0, t, SCHED), v, **tol)
+    torch.testing.assert_close(P.x0_from_v(x_t, v, t, SCHED), x_0, **tol)
+    torch.testing.assert_close(P.v_from_x0(x_t, x_0, t, SCHED), v, **tol)
     score = P.score_from_eps(x_t, eps, t, SCHED)
     torch.testing.assert_close(P.eps_from_score(x_t, score, t, SCHED), eps, **tol)
 

@@ -107,10 +107,10 @@ def test_input_dtype_other_than_the_weights_is_a_clear_type_error():
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf], ids=["nan", "inf"])
 def test_simple_loss_refuses_non_finite_x0(bad):
-    x0 = torch.zeros(4, 3)
-    x0[1, 2] = bad
+    x_0 = torch.zeros(4, 3)
+    x_0[1, 2] = bad
     with pytest.raises(ValueError, match="x_0 must be finite"):
-        simple_loss(zero_model, x0, SCHED)
+        simple_loss(zero_model, x_0, SCHED)
 
 
 def test_simple_loss_refuses_an_empty_batch():
@@ -119,9 +119,9 @@ def test_simple_loss_refuses_an_empty_batch():
 
 
 def test_q_sample_refuses_non_finite_x0_and_eps():
-    x0 = torch.tensor([[0.0, math.nan]])
+    x_0 = torch.tensor([[0.0, math.nan]])
     with pytest.raises(ValueError, match="x_0 must be finite"):
-        q_sample(x0, 3, SCHED)
+        q_sample(x_0, 3, SCHED)
     with pytest.raises(ValueError, match="eps must be finite"):
         q_sample(torch.zeros(1, 2), 3, SCHED, eps=torch.tensor([[math.inf, 0.0]]))
 
@@ -144,14 +144,14 @@ def nan_at_t(bad_t: int):
 
 
 def test_losses_name_the_step_where_the_model_returned_nan():
-    x0 = torch.zeros(3, 2)
+    x_0 = torch.zeros(3, 2)
     t = torch.tensor([5, 17, 30])
     with pytest.raises(ValueError, match=r"NaN or inf at t=\[17\]"):
-        simple_loss(nan_at_t(17), x0, SCHED, t=t)
+        simple_loss(nan_at_t(17), x_0, SCHED, t=t)
     with pytest.raises(ValueError, match=r"NaN or inf at t=\[30\]"):
-        vlb_term(nan_at_t(30), x0, t, SCHED)
+        vlb_term(nan_at_t(30), x_0, t, SCHED)
     with pytest.raises(ValueError, match=r"NaN or inf at t=\[1\]"):
-        decoder_nll(nan_at_t(1), x0, SCHED)
+        decoder_nll(nan_at_t(1), x_0, SCHED)
 
 
 # ----------------------------------------------------------------------- 9. clear errors (metrics)

@@ -151,10 +151,12 @@ def test_posterior_mean_coefs_match_their_definition():
     s = linear_schedule(50, 1e-3, 0.2)
     c_x0, c_xt = s.posterior_mean_coefs
     t = torch.arange(1, 51)
-    ab, ab_prev = s.alpha_bar[t], s.alpha_bar[t - 1]
-    torch.testing.assert_close(c_x0[t], ab_prev.sqrt() * s.beta[t] / (1 - ab), rtol=1e-14, atol=0)
+    alpha_bar_t, alpha_bar_prev = s.alpha_bar[t], s.alpha_bar[t - 1]
     torch.testing.assert_close(
-        c_xt[t], s.alpha[t].sqrt() * (1 - ab_prev) / (1 - ab), rtol=1e-14, atol=0
+        c_x0[t], alpha_bar_prev.sqrt() * s.beta[t] / (1 - alpha_bar_t), rtol=1e-14, atol=0
+    )
+    torch.testing.assert_close(
+        c_xt[t], s.alpha[t].sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar_t), rtol=1e-14, atol=0
     )
     # At t = 1 the mean is x_0 itself (alpha_bar_0 = 1): c_x0 = 1, c_xt = 0.
     assert c_x0[1].item() == pytest.approx(1.0, abs=1e-15) and c_xt[1] == 0
