@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from diffusion_tutorial.core.forward import q_sample
+from diffusion_tutorial.core.gaussian import GaussianData
 from diffusion_tutorial.core.losses import decoder_nll, simple_loss, vlb_term
 from diffusion_tutorial.core.schedules import linear_schedule
 from diffusion_tutorial.evaluation import metrics
@@ -22,6 +23,7 @@ from diffusion_tutorial.evaluation.classifier import MNISTClassifier
 from diffusion_tutorial.networks.embedding import sinusoidal_embedding
 from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
+from diffusion_tutorial.samplers import ddim_sample, dpm_solver_sample
 
 SCHED = linear_schedule(50, 1e-3, 0.2)
 SMALL_UNET = UNetConfig(
@@ -201,3 +203,20 @@ def test_import_writes_nothing_to_home_and_skips_matplotlib(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert written == [], f"import wrote to $HOME: {written}"
+
+
+# ------------------------------------------- 5. the longest schedule allowed still samples in float32
+
+
+def test_float32_samplers_stay_finite_at_the_alpha_bar_bound():
+    # linear_schedule(20000) gave NaN samples; the longest allowed T (alpha_bar_T just above
+    # float32's tiny) must give finite ones with the exact Gaussian denoiser.
+    with pytest.raises(ValueError, match=r"T must be in 1\.\.(\d+)") as info:
+        linear_schedule(20000)
+    t_max = int(str(info.value).split("1..")[1].split(" ")[0])
+    schedule = linear_schedule(t_max)
+    model = GaussianData(torch.zeros(4), torch.full((4,), 0.5)).model(schedule)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))  # float32
+    for sample in (ddim_sample, dpm_solver_sample):
+        x_0 = sample(model, schedule, x_T, steps=20, progress=False)
+        assert x_0.dtype == torch.float32 and torch.isfinite(x_0).all(), sample.__name__
