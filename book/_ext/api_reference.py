@@ -51,8 +51,14 @@ def preformat(app, what, name, obj, options, lines: list[str]) -> None:
     lines[:] = [".. code-block:: text", ""] + body + [""]
 
 
+def drop_object_base(app, name, obj, options, bases: list) -> None:
+    """``autodoc-process-bases`` handler: "Bases: object" says nothing; other bases stay."""
+    bases[:] = [b for b in bases if b is not object]
+
+
 def setup(app):
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     app.connect("autodoc-process-docstring", preformat)
+    app.connect("autodoc-process-bases", drop_object_base)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
