@@ -54,3 +54,17 @@ def test_bad_input():
         P.x0_from_eps(x, torch.zeros(2, 4), torch.tensor([1, 1]), SCHED)
     with pytest.raises(TypeError):
         P.x0_from_eps(x.long(), x, torch.tensor([1, 1]), SCHED)
+
+
+@pytest.mark.parametrize(
+    "fn", [P.x0_from_eps, P.eps_from_x0, P.v_from_eps, P.eps_from_v, P.score_from_eps]
+)
+def test_non_finite_inputs_are_refused(fn):
+    x = torch.zeros(2, 3)
+    bad = x.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="x_t must be finite"):
+        fn(bad, x, 5, SCHED)
+    bad[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="must be finite"):
+        fn(x, bad, 5, SCHED)

@@ -3,7 +3,8 @@
 All follow from x_t = sqrt(alpha_bar_t) x_0 + sigma_t eps with sigma_t = sqrt(1 - alpha_bar_t):
 x0 = (x_t - sigma_t eps) / sqrt(alpha_bar_t), v = sqrt(alpha_bar_t) eps - sigma_t x_0 and
 score = -eps / sigma_t. Each function takes ``(x_t, prediction, t, schedule)`` with ``t`` an int64
-tensor (B,) of book indices (or one int) and returns a tensor shaped like ``x_t``.
+tensor (B,) of book indices (or one int) and returns a tensor shaped like ``x_t``; NaN or inf in
+either input is refused.
 
 Book: Reverse process (parameterisations). Salimans & Ho 2022, sec. 4 and appendix D (v);
 Song et al. 2021 (score), Ho et al. 2020 eq. 11 (eps).
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from diffusion_tutorial.checks import (
+    check_finite,
     check_float_tensor,
     check_same_shape,
     check_time_indices,
@@ -47,9 +49,9 @@ def _coefs(
     schedule: NoiseSchedule,
     low: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate and return sqrt(alpha_bar_t) and sigma_t shaped (B, 1, ..., 1) in x_t's dtype."""
-    check_float_tensor("x_t", x_t)
-    check_float_tensor(pred_name, pred)
+    """Validate (finite, same shape) and return sqrt(alpha_bar_t), sigma_t as (B, 1, ..., 1)."""
+    check_finite("x_t", check_float_tensor("x_t", x_t))
+    check_finite(pred_name, check_float_tensor(pred_name, pred))
     check_same_shape("x_t", x_t, pred_name, pred)
     idx = check_time_indices("t", t, x_t.shape[0], low, schedule.T, x_t.device)  # (B,)
     idx = idx.to(schedule.alpha_bar.device)
