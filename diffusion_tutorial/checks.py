@@ -197,9 +197,12 @@ def check_labels(
     shape = f"({batch},)" if batch is not None else "(B,)"
     expected = f"an integer tensor of shape {shape} with class labels in 0..{high}"
     if not isinstance(y, torch.Tensor):
-        if y is None or isinstance(y, bool) or not isinstance(y, (list, tuple)):
+        if y is None or isinstance(y, (bool, int, float, str)):
             raise TypeError(f"{name} must be {expected}, got {type(y).__name__}")
-        y = torch.as_tensor(y)
+        try:  # a list or a NumPy array of labels
+            y = torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be {expected}, got {type(y).__name__}") from err
     if y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"{name} must be {expected}, got a {y.dtype} tensor")
     if y.ndim != 1 or (batch is not None and y.shape[0] != batch):

@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from diffusion_tutorial.checks import check_labels
 from diffusion_tutorial.core.forward import q_sample
 from diffusion_tutorial.core.gaussian import GaussianData
 from diffusion_tutorial.core.losses import decoder_nll, simple_loss, vlb_term
@@ -220,3 +221,19 @@ def test_float32_samplers_stay_finite_at_the_alpha_bar_bound():
     for sample in (ddim_sample, dpm_solver_sample):
         x_0 = sample(model, schedule, x_T, steps=20, progress=False)
         assert x_0.dtype == torch.float32 and torch.isfinite(x_0).all(), sample.__name__
+
+
+@pytest.mark.parametrize(
+    ("y", "error"),
+    [(None, TypeError), (3, TypeError), ([True, False], TypeError), ([0.0, 1.0], TypeError)]
+    + [([[1, 2]], ValueError), ([0, 10], ValueError), ([-1, 0], ValueError)],
+)
+def test_check_labels_refuses_what_is_not_a_label(y, error):
+    with pytest.raises(error, match="y must"):
+        check_labels("y", y if y is None or isinstance(y, int) else torch.tensor(y), None, 9)
+
+
+def test_check_labels_accepts_lists_and_numpy_arrays():
+    np = pytest.importorskip("numpy")
+    for y in ([1, 9], np.array([1, 9]), torch.tensor([1, 9], dtype=torch.int32)):
+        assert check_labels("y", y, 2, 9).tolist() == [1, 9]
