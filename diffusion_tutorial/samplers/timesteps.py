@@ -32,9 +32,9 @@ def leading_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     """t_i = 1 + i * floor(T / steps) for i = 0, ..., steps - 1 (from the top down), then 0.
 
     The "uniform" rule of the DDIM reference code (``range(0, T, T // steps)``, shifted to book
-    time) and diffusers' default ``timestep_spacing="leading"``. It never visits t = T: for 10
-    of T = 1000 steps the sampler starts at t = 901 and treats x_T as a sample there, which is
-    harmless because at t = 901 the data is already buried under unit noise.
+    time) and diffusers' default ``timestep_spacing="leading"``. It never visits t = T: with 10
+    of T = 1000 steps the sampler starts at t = 901 and treats x_T as a sample there, a small
+    mismatch where the data is almost buried (sqrt(alpha_bar_901) = 0.016, linear schedule).
     Book: Fast sampling (Part 3). Song et al. 2021 (DDIM), sec. 4.2 and appendix D.2.
     """
     steps = check_int_in_range("steps", steps, 1, schedule.T)
