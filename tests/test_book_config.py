@@ -71,6 +71,7 @@ def test_exclude_patterns_name_paths_of_the_project():
         )
 
 
+@pytest.mark.slow  # importing the script loads jupyter-cache and MyST-NB: seconds
 def test_fast_build_config_changes_only_where_outputs_come_from(tmp_path):
     """`make test` builds from scripts/execute_notebooks.py's copy of this config: same book."""
     pytest.importorskip("jupyter_cache")  # the `book` extra
