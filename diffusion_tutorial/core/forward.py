@@ -54,7 +54,7 @@ def q_sample(
 
     ``t`` is an int64 tensor (B,) of book indices in 0..T (t = 0 returns x_0) or one int.
     ``eps`` is drawn from ``generator`` when not given. Non-finite ``x_0`` or ``eps`` is refused.
-    Book: Forward process (Part 2). Ho et al. 2020, eq. 4.
+    Book: The forward process, eq. (eq-fwd-closed-form). Ho et al. 2020, eq. 4.
     """
     check_float_tensor("x_0", x_0)
     t = check_time_indices("t", t, x_0.shape[0], 0, schedule.T, x_0.device)
@@ -87,7 +87,7 @@ def q_step(
     """Sample one Markov step q(x_t | x_{t-1}): x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps.
 
     ``t`` (B,) in 1..T is the index of the step being taken (from t - 1 to t).
-    Book: Forward process (Part 2). Ho et al. 2020, eq. 2.
+    Book: The forward process, eq. (eq-fwd-step). Ho et al. 2020, eq. 2.
     """
     check_float_tensor("x_prev", x_prev)
     t = check_time_indices("t", t, x_prev.shape[0], 1, schedule.T, x_prev.device)
@@ -108,7 +108,7 @@ def q_posterior(
     beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t.
     ``t`` (B,) in 1..T. Returns ``mean`` (B, ...) and ``variance`` (B, 1, ..., 1) (it is the same for
     every coordinate), both in the input dtype.
-    Book: Reverse process (Part 2). Ho et al. 2020, eqs. 6-7.
+    Book: The reverse process, eq. (eq-rev-posterior). Ho et al. 2020, eqs. 6-7.
     """
     check_float_tensor("x_0", x_0)
     check_float_tensor("x_t", x_t)

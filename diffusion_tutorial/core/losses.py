@@ -67,7 +67,7 @@ def simple_loss(
     Returns the mean over the batch and all dimensions (a scalar). ``t`` (B,) overrides the
     uniform draw; ``generator`` drives both t and eps. Refuses an empty batch and non-finite
     ``x_0``; a model output with NaN or inf raises an error naming its t.
-    Book: Reverse process (Part 2). Ho et al. 2020, eq. 14 / Algorithm 1.
+    Book: The reverse process, eq. (eq-rev-lsimple). Ho et al. 2020, eq. 14 / Algorithm 1.
     """
     _check_x0(x_0)
     B = x_0.shape[0]

@@ -41,14 +41,12 @@ def ddpm_sample(
     (x_t - beta_t / sigma_t eps_hat) / sqrt(alpha_t), and no noise at the last step. The reverse
     variance is the posterior variance beta_tilde_t (Ho et al.'s "sigma_t^2 = beta_tilde_t").
     T model calls. Returns x_0 in the dtype/device of ``x_T``.
-    Book: Reverse process (Part 2). Ho et al. 2020, eqs. 6-7, 11 and Algorithm 2.
+    Book: The reverse process, eq. (eq-rev-ddpm-step). Ho et al. 2020, eqs. 6-7, 11 and Algorithm 2.
     """
     x_t = check_start("x_T", x_T, schedule)
-    alpha, alpha_bar, beta = (
-        schedule.alpha.tolist(),
-        schedule.alpha_bar.tolist(),
-        schedule.beta.tolist(),
-    )
+    alpha_bar = schedule.alpha_bar.tolist()
+    # mu_tilde = coef_x0[t] x0_hat + coef_xt[t] x_t with the coefficients written out above.
+    coef_x0, coef_xt = (c.tolist() for c in schedule.posterior_mean_coefs)
     beta_tilde = schedule.posterior_variance.tolist()
     for i in progress_bar(schedule.T, progress, "DDPM"):
         t = schedule.T - i
@@ -57,9 +55,7 @@ def ddpm_sample(
         if callback is not None:
             callback(i, t, x_t, x0_hat)
         # Step 2: posterior mean mu_tilde(x_t, x0_hat) (Ho et al. eq. 7).
-        coef_x0 = math.sqrt(alpha_bar[t - 1]) * beta[t] / (1 - alpha_bar[t])
-        coef_xt = math.sqrt(alpha[t]) * (1 - alpha_bar[t - 1]) / (1 - alpha_bar[t])
-        x_prev = coef_x0 * x0_hat + coef_xt * x_t  # (B, ...)
+        x_prev = coef_x0[t] * x0_hat + coef_xt[t] * x_t  # (B, ...)
         # Step 3: add noise of variance beta_tilde_t, except at the last step (t = 1).
         if t > 1:
             x_prev = x_prev + math.sqrt(beta_tilde[t]) * randn_like(x_prev, generator)
