@@ -45,3 +45,19 @@ def generator() -> torch.Generator:
 def mnist_available() -> bool:
     root = Path(os.environ.get("DIFFUSION_TUTORIAL_DATA", "~/.cache/diffusion_tutorial"))
     return (root.expanduser() / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists()
+
+
+def tiny_unet_config(num_classes: int | None = None):
+    """An 8x8 U-Net with 8 channels: tests network plumbing (times, labels, dtypes, guidance)
+    as well as a 28x28 one, at a fraction of the cost."""
+    from diffusion_tutorial.networks.unet import UNetConfig
+
+    return UNetConfig(
+        image_size=8,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        num_heads=2,
+        groups=4,
+        num_classes=num_classes,
+    )

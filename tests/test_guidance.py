@@ -8,16 +8,10 @@ import torch
 from diffusion_tutorial.networks.guidance import classifier_free_guidance
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
+from .conftest import tiny_unet_config
+
 # Guidance is plumbing around the network: an 8x8 U-Net with 8 channels tests it as well as 28x28.
-CFG = UNetConfig(
-    image_size=8,
-    base_channels=8,
-    channel_mults=(1, 2),
-    num_res_blocks=1,
-    num_heads=2,
-    groups=4,
-    num_classes=10,
-)
+CFG = tiny_unet_config(num_classes=10)
 
 
 @pytest.fixture

@@ -23,19 +23,13 @@ from diffusion_tutorial.evaluation import metrics
 from diffusion_tutorial.evaluation.classifier import MNISTClassifier
 from diffusion_tutorial.networks.embedding import sinusoidal_embedding
 from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
-from diffusion_tutorial.networks.unet import UNet, UNetConfig
+from diffusion_tutorial.networks.unet import UNet
 from diffusion_tutorial.samplers import ddim_sample, dpm_solver_sample
 
+from .conftest import tiny_unet_config
+
 SCHED = linear_schedule(50, 1e-3, 0.2)
-SMALL_UNET = UNetConfig(
-    image_size=8,
-    base_channels=8,
-    channel_mults=(1, 2),
-    num_res_blocks=1,
-    num_heads=2,
-    groups=4,
-    num_classes=3,
-)
+SMALL_UNET = tiny_unet_config(num_classes=3)
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
