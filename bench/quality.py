@@ -16,6 +16,7 @@ Reported per sampler, on one markdown line:
 
 Sampler settings (``--samplers``, comma-separated; GRID is leading, uniform, quadratic or logsnr
 and defaults to the sampler's own): ``ddpm`` (all T steps), ``ddim:STEPS:ETA[:GRID]``,
+``hat:STEPS[:GRID]`` (DDPM's ancestral step on a subsequence with the DDIM paper's sigma-hat),
 ``dpm:STEPS[:ORDER][:GRID]`` (DPM-Solver++, default order 2), ``sde:STEPS[:GRID]``
 (SDE-DPM-Solver++(2)).
 
@@ -33,6 +34,7 @@ Book: Evaluating samples; the model cards quote its output.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -46,6 +48,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from diffusion_tutorial import pretrained  # noqa: E402
+from diffusion_tutorial.core.forward import randn_like  # noqa: E402
 from diffusion_tutorial.evaluation import metrics  # noqa: E402
 from diffusion_tutorial.evaluation.classifier import classifier_features  # noqa: E402
 from diffusion_tutorial.networks.guidance import classifier_free_guidance  # noqa: E402
@@ -60,6 +63,7 @@ from diffusion_tutorial.samplers import (  # noqa: E402
     quadratic_timesteps,
     uniform_timesteps,
 )
+from diffusion_tutorial.samplers.common import predict, resolve_timesteps  # noqa: E402
 
 GRIDS = {
     "leading": leading_timesteps,
@@ -74,7 +78,7 @@ DEFAULT_SAMPLERS = "ddpm,ddim:20:0,ddim:50:0,ddim:50:1,dpm:10,dpm:20,dpm:20:3,sd
 class SamplerSpec:
     """One sampler setting: kind, NFE, DDIM's eta, DPM-Solver++'s order and a grid from GRIDS."""
 
-    kind: str  # "ddpm", "ddim", "dpm" (DPM-Solver++) or "sde" (SDE-DPM-Solver++(2))
+    kind: str  # "ddpm", "ddim", "hat" (DDPM's sigma-hat on a subsequence), "dpm" or "sde"
     steps: int | None  # None: DDPM with all T steps
     eta: float = 0.0
     order: int | None = None  # None: the sampler's default
@@ -92,13 +96,13 @@ class SamplerSpec:
             if kind == "dpm" and len(rest) in (1, 2):
                 order = int(rest[1]) if len(rest) == 2 else None
                 return SamplerSpec("dpm", int(rest[0]), order=order, grid=grid)
-            if kind == "sde" and len(rest) == 1:
-                return SamplerSpec("sde", int(rest[0]), grid=grid)
+            if kind in ("sde", "hat") and len(rest) == 1:
+                return SamplerSpec(kind, int(rest[0]), grid=grid)
         except ValueError:
             pass
         raise argparse.ArgumentTypeError(
-            f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA[:GRID], dpm:STEPS[:ORDER][:GRID] or "
-            f"sde:STEPS[:GRID] with GRID in {sorted(GRIDS)}"
+            f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA[:GRID], hat:STEPS[:GRID], "
+            f"dpm:STEPS[:ORDER][:GRID] or sde:STEPS[:GRID] with GRID in {sorted(GRIDS)}"
         )
 
     def label(self, schedule) -> str:
@@ -109,6 +113,8 @@ class SamplerSpec:
             return f"DDIM {self.steps}, η={self.eta:g}{grid}"
         if self.kind == "sde":
             return f"SDE-DPM-Solver++(2) {self.steps}{grid}"
+        if self.kind == "hat":
+            return f"DDPM σ̂ {self.steps}{grid}"
         return f"DPM-Solver++({self.order or 2}M) {self.steps}{grid}"
 
     def run(self, model_fn, schedule, x_T: torch.Tensor, generator: torch.Generator):
@@ -120,6 +126,10 @@ class SamplerSpec:
                 model_fn, schedule, x_T, steps=self.steps, eta=self.eta, generator=generator,
                 progress=False, **kw,
             )  # fmt: skip
+        if self.kind == "hat":
+            return ddpm_hat_sample(
+                model_fn, schedule, x_T, steps=self.steps, generator=generator, **kw
+            )
         if self.kind == "sde":
             return dpm_solver_sde_sample(
                 model_fn, schedule, x_T, steps=self.steps, generator=generator, progress=False, **kw
@@ -127,6 +137,28 @@ class SamplerSpec:
         if self.order is not None:
             kw["order"] = self.order
         return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, progress=False, **kw)
+
+
+@torch.no_grad()
+def ddpm_hat_sample(model_fn, schedule, x_T, *, steps, generator, timesteps=leading_timesteps):
+    """DDPM's ancestral step on a subsequence with the larger variance: the DDIM paper's sigma-hat.
+
+    From t to s < t the step is Gaussian with the posterior mean of q(x_s | x_t, x0_hat) and the
+    variance sigma_hat^2 = 1 - alpha_bar[t] / alpha_bar[s] (the "beta" of the jump; Song et al. 2021,
+    Table 1 and sec. 5.1), larger than eta = 1's posterior variance. The last step returns the mean.
+    """
+    ts = resolve_timesteps(timesteps, schedule, steps)
+    alpha_bar = schedule.alpha_bar.tolist()
+    x_t = x_T
+    for t, s in zip(ts[:-1], ts[1:], strict=True):
+        _, x0_hat = predict(model_fn, x_t, t, alpha_bar[t], False)
+        beta = 1 - alpha_bar[t] / alpha_bar[s]
+        coef_x0 = math.sqrt(alpha_bar[s]) * beta / (1 - alpha_bar[t])
+        coef_xt = math.sqrt(1 - beta) * (1 - alpha_bar[s]) / (1 - alpha_bar[t])
+        x_t = coef_x0 * x0_hat + coef_xt * x_t  # (B, ...) the posterior mean
+        if s > 0:
+            x_t = x_t + math.sqrt(beta) * randn_like(x_t, generator)
+    return x_t
 
 
 def parse_samplers(text: str) -> list[SamplerSpec]:

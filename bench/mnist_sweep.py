@@ -1,0 +1,173 @@
+"""MNIST-FID and KID of many samplers on the same x_T, one JSON line per (draw, sampler): resumable.
+
+The chapters of Parts 2 and 3 read the committed result, ``bench/results/mnist_sweep.jsonl``,
+where a live run would not fit their time budget (DDPM with all 1,000 steps takes ~40 min per
+500 samples on one CPU core). A draw (``--seed``) fixes, exactly as ``bench/quality.py`` does,
+``--n`` MNIST test images (the reference), ``--n`` training images (the floor), the ``--n``
+starting points x_T = randn((n, 1, 28, 28)) from ``torch.Generator().manual_seed(seed)`` and the
+noise stream of the stochastic samplers (seed + 10,000). Each line holds:
+
+* ``fid``: MNIST-FID (the book's own classifier features; not Inception FID), biased upwards at
+  small n, so read it against ``floor_fid`` (training vs test images at the same n);
+* ``kid``: the unbiased kernel distance of the same features (``metrics.kernel_distance``) and
+  ``floor_kid`` (about 0 up to its spread);
+* ``seconds``: wall time of sampling, with ``threads`` torch threads.
+
+Sampler strings as in ``bench/quality.py`` (``ddpm``, ``ddim:STEPS:ETA``, ``hat:STEPS``,
+``dpm:STEPS[:ORDER]``, ``sde:STEPS``). Runs already in ``--out`` are skipped, so the command can
+be stopped and restarted, and draws can run in parallel processes (one seed each).
+``--keep K`` stores the first K samples of every run of the draw as uint8 in
+``<out stem>_samples_seed<seed>.npz`` (key: the sampler string).
+
+Reproduce the committed file (three processes, one thread each, ~2 h on 2 cores):
+
+    for s in 0 1 2; do OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/mnist_sweep.py \\
+        --seed $s --n 500 --threads 1 --keep 64 --out bench/results/mnist_sweep.jsonl & done
+
+Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table bench/results/mnist_sweep.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import ROOT, SamplerSpec, generate, load_model  # noqa: E402
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from diffusion_tutorial import pretrained  # noqa: E402
+from diffusion_tutorial.evaluation import metrics  # noqa: E402
+from diffusion_tutorial.evaluation.classifier import classifier_features  # noqa: E402
+from diffusion_tutorial.files import atomic_write  # noqa: E402
+
+# Headline comparisons first, then DDPM-1000, then the NFE sweep and the DDIM table (Song et al.
+# 2021, Table 1: eta = 0, 0.5, 1 and sigma-hat at 10, 20, 50, 100 steps).
+DEFAULT = (
+    "sde:20,dpm:20,ddim:50:0,ddim:50:1,ddpm,"
+    "sde:10,dpm:10,ddim:10:0,ddim:10:1,ddim:20:0,ddim:20:1,"
+    "sde:5,dpm:5,ddim:5:0,ddim:5:1,sde:15,dpm:15,ddim:15:0,ddim:15:1,sde:50,dpm:50,"
+    "ddim:10:0.5,ddim:20:0.5,ddim:50:0.5,hat:10,hat:20,hat:50,"
+    "ddim:100:0,ddim:100:1,ddim:100:0.5,hat:100"
+)
+
+
+def load(path: Path) -> list[dict]:
+    """The result lines of a sweep file (an empty list if it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per sampler, FID per draw, mean ± sd, and the same-x_T ratio to DDPM."""
+    seeds = sorted({r["seed"] for r in rows})
+    by = {(r["sampler"], r["seed"]): r for r in rows}
+    floors = {r["seed"]: (r["floor_fid"], r["floor_kid"]) for r in rows}
+    n = sorted({r["n"] for r in rows})
+    out = [
+        f"{metrics.MNIST_FID_NAME} and KID, n = {n} samples per draw, same x_T per draw",
+        "",
+        "| sampler | NFE | "
+        + " | ".join(f"FID seed {s}" for s in seeds)
+        + " | FID mean ± sd | FID / DDPM-1000 (same x_T) | KID mean | s per draw |",
+        "|---|---|" + "---|" * (len(seeds) + 4),
+        "| real vs real (floor) | — | "
+        + " | ".join(f"{floors[s][0]:.2f}" for s in seeds)
+        + f" | {statistics.mean(f for f, _ in floors.values()):.2f} | — "
+        f"| {statistics.mean(k for _, k in floors.values()):.3g} | — |",
+    ]
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        got = [by.get((sampler, s)) for s in seeds]
+        fids = [g["fid"] for g in got if g]
+        ratios = [
+            g["fid"] / by[("ddpm", g["seed"])]["fid"]
+            for g in got
+            if g and ("ddpm", g["seed"]) in by
+        ]
+        sd = f" ± {statistics.stdev(fids):.2f}" if len(fids) > 1 else ""
+        ratio = f"{min(ratios):.2f}–{max(ratios):.2f}" if ratios else "—"
+        first = next(g for g in got if g)
+        out.append(
+            f"| {first['label']} | {first['nfe']} | "
+            + " | ".join(f"{g['fid']:.2f}" if g else "—" for g in got)
+            + f" | {statistics.mean(fids):.2f}{sd} | {ratio} "
+            f"| {statistics.mean(g['kid'] for g in got if g):.3g} "
+            f"| {statistics.mean(g['seconds'] for g in got if g):.0f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--samplers", default=DEFAULT)
+    p.add_argument("--batch", type=int, default=250)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--keep", type=int, default=0, help="store the first K samples of each run")
+    p.add_argument(
+        "--classifier", type=Path, default=None, help="classifier file (default: shipped)"
+    )
+    p.add_argument("--out", type=Path, default=Path("bench/results/mnist_sweep.jsonl"))
+    p.add_argument("--table", type=Path, default=None, help="print the tables of a file and exit")
+    args = p.parse_args(argv)
+    if args.table is not None:
+        print(table(load(args.table)))
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [(s.strip(), SamplerSpec.parse(s)) for s in args.samplers.split(",") if s.strip()]
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+
+    classifier = pretrained.load_classifier(args.classifier, device="cpu")
+    gen = torch.Generator().manual_seed(args.seed)
+    reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
+    real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
+    ref = classifier_features(classifier, reference)  # (n, hidden)
+    real = classifier_features(classifier, real_train)
+    floor_fid, floor_kid = metrics.frechet_distance(real, ref), metrics.kernel_distance(real, ref)
+    log(f"seed {args.seed}: floor FID {floor_fid:.2f}, KID {floor_kid:.5f}")
+
+    (model, schedule), _ = load_model("mnist", None, torch.device("cpu"))
+    x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(args.seed))
+    keep_path = args.out.with_name(f"{args.out.stem}_samples_seed{args.seed}.npz")
+    for name, spec in specs:
+        done = {(r["seed"], r["sampler"], r["n"]) for r in load(args.out)}
+        if (args.seed, name, args.n) in done:
+            continue
+        images, _, seconds = generate(
+            model, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False
+        )
+        feats = classifier_features(classifier, images)
+        row = {
+            "model": "mnist", "n": args.n, "seed": args.seed, "sampler": name,
+            "label": spec.label(schedule), "nfe": schedule.T if spec.steps is None else spec.steps,
+            "fid": metrics.frechet_distance(feats, ref), "kid": metrics.kernel_distance(feats, ref),
+            "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+        }  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:  # one short line per write: parallel draws do not interleave
+            f.write(json.dumps(row) + "\n")
+        log(f"seed {args.seed} | {row['label']} | FID {row['fid']:.2f} | {seconds:.0f} s")
+        if args.keep:
+            old = dict(np.load(keep_path)) if keep_path.is_file() else {}
+            old[name] = ((images[: args.keep, 0] + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+            def write(tmp: Path, arrays: dict = old) -> None:
+                with open(tmp, "wb") as fh:  # a file object: numpy adds no ".npz" to the name
+                    np.savez_compressed(fh, **arrays)
+
+            atomic_write(keep_path, write)
+
+
+if __name__ == "__main__":
+    main()
