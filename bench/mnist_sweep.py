@@ -1,6 +1,7 @@
 """MNIST-FID and KID of many samplers on the same x_T, one JSON line per (draw, sampler): resumable.
 
-The chapters of Parts 2 and 3 read the committed result, ``bench/results/mnist_sweep.jsonl``,
+The chapters of Parts 2 and 3 read the committed result (package data, read with
+``diffusion_tutorial.evaluation.sweep``), ``diffusion_tutorial/results/mnist_sweep.jsonl``,
 where a live run would not fit their time budget (DDPM with all 1,000 steps takes ~40 min per
 500 samples on one CPU core). A draw (``--seed``) fixes, exactly as ``bench/quality.py`` does,
 ``--n`` MNIST test images (the reference), ``--n`` training images (the floor), the ``--n``
@@ -22,9 +23,9 @@ be stopped and restarted, and draws can run in parallel processes (one seed each
 Reproduce the committed file (three processes, one thread each, ~2 h on 2 cores):
 
     for s in 0 1 2; do OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/mnist_sweep.py \\
-        --seed $s --n 500 --threads 1 --keep 64 --out bench/results/mnist_sweep.jsonl & done
+        --seed $s --n 500 --threads 1 --keep 64 & done
 
-Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table bench/results/mnist_sweep.jsonl``.
+Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table diffusion_tutorial/results/mnist_sweep.jsonl``.
 """
 
 from __future__ import annotations
@@ -116,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--classifier", type=Path, default=None, help="classifier file (default: shipped)"
     )
-    p.add_argument("--out", type=Path, default=Path("bench/results/mnist_sweep.jsonl"))
+    p.add_argument(
+        "--out", type=Path, default=ROOT / "diffusion_tutorial/results/mnist_sweep.jsonl"
+    )
     p.add_argument("--table", type=Path, default=None, help="print the tables of a file and exit")
     args = p.parse_args(argv)
     if args.table is not None:
