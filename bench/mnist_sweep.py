@@ -53,10 +53,9 @@ from diffusion_tutorial.files import atomic_write  # noqa: E402
 # 2021, Table 1: eta = 0, 0.5, 1 and sigma-hat at 10, 20, 50, 100 steps).
 DEFAULT = (
     "sde:20,dpm:20,ddim:50:0,ddim:50:1,ddpm,"
-    "sde:10,dpm:10,ddim:10:0,ddim:10:1,ddim:20:0,ddim:20:1,"
-    "sde:5,dpm:5,ddim:5:0,ddim:5:1,sde:15,dpm:15,ddim:15:0,ddim:15:1,sde:50,dpm:50,"
-    "ddim:10:0.5,ddim:20:0.5,ddim:50:0.5,hat:10,hat:20,hat:50,"
-    "ddim:100:0,ddim:100:1,ddim:100:0.5,hat:100"
+    "ddim:10:0,ddim:10:1,sde:10,dpm:10,ddim:20:0,ddim:20:1,hat:10,hat:20,ddim:10:0.5,ddim:20:0.5,"
+    "sde:5,dpm:5,ddim:5:0,ddim:5:1,hat:50,ddim:50:0.5,sde:50,dpm:50,"
+    "sde:15,dpm:15,ddim:15:0,ddim:15:1,ddim:100:0,ddim:100:1,ddim:100:0.5,hat:100"
 )
 
 
