@@ -14,6 +14,10 @@ depend on how time is parameterised between grid points. Computations run in flo
 result is cast to the input dtype.
 
 Book: Reverse process (the Gaussian case, Part 2). Song et al. 2021, eq. 13 (ODE).
+
+:class:`GaussianMixtureData` extends the optimal denoiser to a mixture sum_k w_k N(mu_k, s_k^2 I),
+where it is no longer linear in x_t, and gives the exact posterior variance of eps, whose mean over
+x_t is the best loss any eps-predictor can reach at time t. Book: Example: DDPM (Part 2).
 """
 
 from __future__ import annotations
@@ -22,10 +26,16 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion_tutorial.checks import check_float_tensor, check_time_indices, expand_like
+from diffusion_tutorial.background.probability import MonteCarloEstimate, mc_mean
+from diffusion_tutorial.checks import (
+    check_float_tensor,
+    check_positive_int,
+    check_time_indices,
+    expand_like,
+)
 from diffusion_tutorial.core.schedules import NoiseSchedule
 
-__all__ = ["GaussianData"]
+__all__ = ["GaussianData", "GaussianMixtureData"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,3 +123,125 @@ class GaussianData:
     def ode_endpoint(self, x_T: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
         """Exact clean endpoint of the probability-flow ODE started from x_T at t = T."""
         return self.flow(x_T, schedule.T, 0, schedule)
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianMixtureData:
+    """Data x_0 ~ sum_k w_k N(mu_k, s_k^2 I) in D dimensions: K isotropic Gaussian components.
+
+    ``weights`` (K,) > 0 summing to 1, ``means`` (K, D), ``stds`` (K,) > 0. Given the component k,
+    x_t = a_t x_0 + sigma_t eps is Gaussian with mean a_t mu_k and variance m_k^2 = a_t^2 s_k^2
+    + sigma_t^2 per coordinate, so with responsibilities r_k(x_t) = p(k | x_t) (Bayes' rule):
+
+    - E[eps | x_t] = sum_k r_k e_k, with e_k = sigma_t (x_t - a_t mu_k) / m_k^2;
+    - tr Cov[eps | x_t] = sum_k r_k (D a_t^2 s_k^2 / m_k^2 + |e_k|^2) - |E[eps | x_t]|^2.
+
+    Computations run in float64; results are cast to the input's dtype and device.
+    Book: Example: DDPM (Part 2), eq. (eq-ddpmex-best-loss).
+    """
+
+    weights: torch.Tensor  # (K,)
+    means: torch.Tensor  # (K, D)
+    stds: torch.Tensor  # (K,)
+
+    def __post_init__(self) -> None:
+        for name in ("weights", "means", "stds"):
+            check_float_tensor(name, getattr(self, name))
+        w, mu, s = self.weights, self.means, self.stds
+        if mu.ndim != 2 or w.shape != (mu.shape[0],) or s.shape != (mu.shape[0],):
+            raise ValueError(
+                "means must have shape (K, D) and weights, stds shape (K,), got "
+                f"{tuple(w.shape)}, {tuple(mu.shape)}, {tuple(s.shape)}"
+            )
+        if not (torch.isfinite(w).all() and (w > 0).all() and abs(w.sum().item() - 1) < 1e-6):
+            raise ValueError(f"weights must be > 0 and sum to 1, got sum {w.sum().item():.6g}")
+        if not (torch.isfinite(s).all() and (s > 0).all()):
+            raise ValueError("stds must be finite and > 0")
+        if not torch.isfinite(mu).all():
+            raise ValueError("means must be finite")
+        for name in ("weights", "means", "stds"):
+            object.__setattr__(self, name, getattr(self, name).detach().cpu().to(torch.float64))
+
+    @property
+    def dim(self) -> int:
+        """The dimension D of one example."""
+        return self.means.shape[1]
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Draw n examples (n, D): a component k ~ w, then x_0 = mu_k + s_k * eps."""
+        n = check_positive_int("n", n)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (n,)
+        eps = torch.randn((n, self.dim), generator=generator, dtype=torch.float64)
+        return (self.means[k] + self.stds[k, None] * eps).to(dtype)  # (n, D)
+
+    def _posterior(self, x_t: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule, low):
+        """log r_k (B, K), e_k (B, K, D) and the per-coordinate Var[eps | x_t, k] (B, K)."""
+        check_float_tensor("x_t", x_t)
+        if x_t.ndim != 2 or x_t.shape[1] != self.dim:
+            raise ValueError(f"x_t must have shape (B, {self.dim}), got {tuple(x_t.shape)}")
+        t = check_time_indices("t", t, x_t.shape[0], low, schedule.T, x_t.device).cpu()  # (B,)
+        x = x_t.to(device="cpu", dtype=torch.float64)  # (B, D), differentiable (log_prob)
+        alpha_bar = schedule.alpha_bar.cpu()[t, None]  # (B, 1)
+        a, sigma2 = alpha_bar.sqrt(), 1 - alpha_bar  # (B, 1)
+        m2 = a**2 * self.stds**2 + sigma2  # (B, K): variance of x_t | k per coordinate
+        diff = x[:, None, :] - a[:, :, None] * self.means  # (B, K, D): x_t - a_t mu_k
+        log_lik = -0.5 * ((diff**2).sum(-1) / m2 + self.dim * torch.log(2 * torch.pi * m2))
+        log_r = torch.log_softmax(self.weights.log() + log_lik, dim=1)  # (B, K)
+        e = sigma2.sqrt()[:, :, None] * diff / m2[:, :, None]  # (B, K, D): E[eps | x_t, k]
+        return log_r, e, a**2 * self.stds**2 / m2, log_lik
+
+    def log_prob(self, x_t: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule):
+        """log q(x_t) (B,) of the marginal at time t in 0..T (t = 0: the data density)."""
+        log_r, _, _, log_lik = self._posterior(x_t, t, schedule, low=0)
+        out = torch.logsumexp(self.weights.log() + log_lik, dim=1)  # (B,)
+        return out.to(device=x_t.device, dtype=x_t.dtype)
+
+    def eps_hat(self, x_t: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule):
+        """The optimal eps-prediction E[eps | x_t] = sum_k r_k(x_t) e_k(x_t), (B, D); t in 1..T."""
+        log_r, e, _, _ = self._posterior(x_t, t, schedule, low=1)
+        out = (log_r.exp()[:, :, None] * e).sum(1)  # (B, D)
+        return out.to(device=x_t.device, dtype=x_t.dtype)
+
+    def eps_posterior_var(self, x_t: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule):
+        """tr Cov[eps | x_t] (B,): the expected squared error of the optimal eps-prediction at x_t.
+
+        Law of total variance over the component: within-component variance plus the spread of
+        the component means e_k around their average. Book: eq. (eq-ddpmex-best-loss).
+        """
+        log_r, e, var_k, _ = self._posterior(x_t, t, schedule, low=1)
+        r = log_r.exp()  # (B, K)
+        mean = (r[:, :, None] * e).sum(1)  # (B, D)
+        second = (r * (self.dim * var_k + (e**2).sum(-1))).sum(1)  # (B,): E[|eps|^2 | x_t]
+        out = (second - (mean**2).sum(-1)).clamp_min(0)  # (B,); rounding can go below 0
+        return out.to(device=x_t.device, dtype=x_t.dtype)
+
+    def model(self, schedule: NoiseSchedule):
+        """The exact optimal eps-predictor as a sampler-ready callable ``model(x_t, t) -> eps_hat``."""
+
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.eps_hat(x_t, t, schedule)
+
+        return model
+
+    def best_loss(
+        self,
+        t: int,
+        schedule: NoiseSchedule,
+        n: int,
+        generator: torch.Generator | None = None,
+    ) -> MonteCarloEstimate:
+        """min_f E|eps - f(x_t, t)|^2 / D at time t, per coordinate like ``simple_loss``.
+
+        The mean over x_t ~ q(x_t) of tr Cov[eps | x_t] / D, estimated from n exact draws of x_t
+        (the conditional variance is exact, so only the average over x_t is Monte Carlo: a
+        Rao-Blackwellised estimate with a smaller standard error than averaging |eps - eps_hat|^2).
+        Book: Example: DDPM (Part 2), eq. (eq-ddpmex-best-loss).
+        """
+        t = check_time_indices("t", t, 1, 1, schedule.T, torch.device("cpu"))[0].item()
+        x_0 = self.sample(n, generator, dtype=torch.float64)  # (n, D)
+        eps = torch.randn(x_0.shape, generator=generator, dtype=torch.float64)
+        alpha_bar = schedule.alpha_bar[t].item()
+        x_t = alpha_bar**0.5 * x_0 + (1 - alpha_bar) ** 0.5 * eps  # (n, D)
+        return mc_mean(self.eps_posterior_var(x_t, t, schedule) / self.dim)
