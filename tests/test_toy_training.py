@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -140,3 +142,21 @@ def test_frozen_model_is_refused(points):
     model = small_model().requires_grad_(False)
     with pytest.raises(ValueError, match="model must have at least one parameter"):
         fit(model, points, dt.linear_schedule(T), steps=1, progress=False)
+
+
+def test_learning_rate_follows_the_cosine_decay(points, monkeypatch):
+    # The docstring promises lr_k = lr (1 + cos(pi k / steps)) / 2 at step k. Record the rate each
+    # Adam step actually uses: a schedule stepped before the optimiser, a missing decay or a
+    # different shape (e.g. linear) moves at least one of these values by far more than 1e-12.
+    seen: list[float] = []
+    step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    steps, lr = 8, 1e-3
+    fit(small_model(), points, dt.linear_schedule(T), steps=steps, lr=lr, progress=False)
+    expected = [lr * (1 + math.cos(math.pi * k / steps)) / 2 for k in range(steps)]
+    assert seen == pytest.approx(expected, rel=1e-12, abs=0)
