@@ -1,12 +1,23 @@
-"""Tests for classifier-free guidance: limits w = 0 and 1, the formula, one batched forward pass."""
+"""Tests for guidance: classifier-free (limits, formula, one batched pass, the two conventions and
+diffusers' guider as an oracle) and classifier guidance (exact two-Gaussian oracle, x0_hat chain rule)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from diffusion_tutorial.networks.guidance import classifier_free_guidance
+from diffusion_tutorial.core.gaussian import GaussianData
+from diffusion_tutorial.core.schedules import linear_schedule
+from diffusion_tutorial.networks.guidance import (
+    classifier_free_guidance,
+    classifier_guidance,
+    guidance_scale_from_weight,
+    guidance_weight_from_scale,
+    x0_hat_classifier,
+)
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
+from diffusion_tutorial.samplers import ddim_sample
 
 from .conftest import tiny_unet_config
 
@@ -97,3 +108,168 @@ def test_scalar_time_is_broadcast_to_both_halves(model, inputs):
     y = torch.tensor([1, 2, 3])
     guided = classifier_free_guidance(model, y, 2.0)
     torch.testing.assert_close(guided(x_t, 40), guided(x_t, torch.full((3,), 40)), **TOL)
+
+
+# ----------------------------------------------------------------- conventions and the diffusers guider
+
+
+@pytest.mark.parametrize("w", [-1.0, 0.0, 0.5, 3.0])
+def test_scale_weight_mapping_round_trip(w):
+    s = guidance_scale_from_weight(w)
+    assert s == 1.0 + w
+    assert guidance_weight_from_scale(s) == w
+
+
+def test_scale_weight_mapping_rejects_out_of_range():
+    with pytest.raises(ValueError, match="w must be in"):
+        guidance_scale_from_weight(-1.5)  # s = -0.5 would extrapolate past the unconditional model
+    with pytest.raises(ValueError, match="guidance_scale must be in"):
+        guidance_weight_from_scale(-0.1)
+
+
+@pytest.mark.parametrize("w", [0.0, 1.0, 2.5, 6.5])
+def test_ho_salimans_weight_is_scale_minus_one(model, inputs, w):
+    """(1 + w) eps_cond - w eps_uncond (Ho & Salimans eq. 6) == the wrapper at s = 1 + w."""
+    x_t, t = inputs
+    y = torch.tensor([7, 0, 3])
+    eps_cond, eps_uncond = model(x_t, t, y), model(x_t, t, torch.full_like(y, 10))
+    ho = (1 + w) * eps_cond - w * eps_uncond
+    got = classifier_free_guidance(model, y, guidance_scale_from_weight(w))(x_t, t)
+    torch.testing.assert_close(got, ho, **TOL)
+    # power: the mix-up "guidance_scale = w" is off by exactly eps_cond - eps_uncond, which must
+    # exceed the tolerance for this test to catch it
+    assert (eps_cond - eps_uncond).abs().max() > 10 * TOL["atol"]
+
+
+@pytest.mark.parametrize("w", [0.5, 2.0, 7.0])
+def test_both_conventions_against_the_diffusers_guider(w):
+    """diffusers' ClassifierFreeGuidance: guidance_scale = s by default, = w with the paper's formula."""
+    guiders = pytest.importorskip("diffusers.guiders")
+    g = torch.Generator().manual_seed(1)
+    eps_cond, eps_uncond = torch.randn(2, 4, 1, 8, 8, generator=g)
+    ours = eps_uncond + guidance_scale_from_weight(w) * (eps_cond - eps_uncond)
+    native = guiders.ClassifierFreeGuidance(guidance_scale=1 + w)
+    original = guiders.ClassifierFreeGuidance(guidance_scale=w, use_original_formulation=True)
+    # float32 inputs; the two forms round differently: a few ulps of values of size ~10
+    torch.testing.assert_close(
+        native.forward(eps_cond, eps_uncond).pred, ours, atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        original.forward(eps_cond, eps_uncond).pred, ours, atol=1e-5, rtol=1e-5
+    )
+
+
+# ------------------------------------------------------------------------- classifier guidance
+
+SCHED = linear_schedule()
+MEANS = torch.tensor([[-1.5, 0.0], [1.0, 0.5]], dtype=torch.float64)  # two classes in 2-D
+VAR0 = 0.3**2  # each class N(mean_y, VAR0 I)
+PRIOR = torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+
+def _class_terms(x_t, t):
+    """Per class: a_t mean_y and the variance m_t^2 = a_t^2 VAR0 + sigma_t^2 of q(x_t | y)."""
+    a = SCHED.sqrt_alpha_bar[t].double()[:, None, None]  # (B, 1, 1)
+    m2 = a**2 * VAR0 + 1 - a**2  # (B, 1, 1)
+    return a * MEANS, m2  # (B, 2, 2), (B, 1, 1)
+
+
+def exact_classifier(x_t, t):
+    """log p(y | x_t) + const: the exact noise-aware classifier of the two-Gaussian data."""
+    centre, m2 = _class_terms(x_t, t)
+    log_lik = -((x_t[:, None, :] - centre) ** 2).sum(-1) / (2 * m2[:, :, 0])  # (B, 2)
+    return log_lik + PRIOR.log()
+
+
+def exact_eps(x_t, t, y=None):
+    """E[eps | x_t (, y)] = sigma_t sum_y p(y | x_t) (x_t - a_t mean_y) / m_t^2 (one class if y given)."""
+    centre, m2 = _class_terms(x_t, t)
+    eps_y = SCHED.sigma[t].double()[:, None, None] * (x_t[:, None, :] - centre) / m2  # (B, 2, 2)
+    if y is not None:
+        return eps_y[torch.arange(len(y)), y]
+    resp = exact_classifier(x_t, t).softmax(1)  # (B, 2)
+    return (resp[:, :, None] * eps_y).sum(1)
+
+
+@pytest.mark.parametrize("s", [0.0, 1.0, 3.0])
+def test_exact_classifier_guidance_equals_exact_classifier_free_guidance(generator, s):
+    """grad log p(y | x_t) = grad log p(x_t | y) - grad log p(x_t): both guidances agree at equal s.
+
+    float64 closed forms throughout, so 1e-10. At s = 1 both are the exact conditional eps; a
+    missing sigma_t, a wrong sign or w in place of s would be off by O(1).
+    """
+    x_t = 2 * torch.randn(64, 2, generator=generator, dtype=torch.float64)
+    t = torch.randint(1, SCHED.T + 1, (64,), generator=generator)
+    y = torch.randint(0, 2, (64,), generator=generator)
+    got = classifier_guidance(exact_eps, exact_classifier, y, s, SCHED)(x_t, t)
+    eps_c, eps_u = exact_eps(x_t, t, y), exact_eps(x_t, t)
+    torch.testing.assert_close(got, eps_u + s * (eps_c - eps_u), atol=1e-10, rtol=1e-10)
+
+
+def test_x0_hat_classifier_differentiates_through_the_denoiser(generator):
+    """For Gaussian data x0_hat = mean + a std^2 (x - a mean) / m^2 is linear in x_t, so
+    grad_x log p(y | x0_hat(x_t)) = (a std^2 / m^2) grad_x0 log p(y | x0) at x0_hat (chain rule).
+    Detaching the model (a common shortcut) drops the factor a std^2 / m^2 and fails here."""
+    data = GaussianData(torch.tensor([0.2, -0.4]), torch.tensor([0.5, 0.8]))
+
+    def model(x_t, t):  # data.eps_hat written out differentiably (GaussianData detaches its input)
+        a = SCHED.sqrt_alpha_bar[t].double()[:, None]
+        return (
+            SCHED.sigma[t].double()[:, None]
+            * (x_t - a * data.mean)
+            / (a**2 * data.std**2 + 1 - a**2)
+        )
+
+    W = torch.tensor([[1.0, -2.0], [0.5, 0.3], [-1.0, 1.0]], dtype=torch.float64)  # (K=3, 2)
+    clean = lambda x0: x0 @ W.T  # noqa: E731  linear logits (B, 3)
+    x_t = torch.randn(16, 2, generator=generator, dtype=torch.float64)
+    t = torch.randint(50, 900, (16,), generator=generator)
+    y = torch.randint(0, 3, (16,), generator=generator)
+    s = 2.0
+    got = classifier_guidance(model, x0_hat_classifier(model, clean, SCHED), y, s, SCHED)(x_t, t)
+    x0_hat = data.x0_hat(x_t, t, SCHED)
+    p = clean(x0_hat).softmax(1)  # (B, 3)
+    grad_x0 = W[y] - p @ W  # grad of log_softmax(W x0)[y]  (B, 2)
+    a = SCHED.sqrt_alpha_bar[t].double()[:, None]
+    m2 = a**2 * data.std**2 + 1 - a**2
+    grad_xt = a * data.std**2 / m2 * grad_x0
+    torch.testing.assert_close(model(x_t, t), data.eps_hat(x_t, t, SCHED))
+    expected = model(x_t, t) - s * SCHED.sigma[t].double()[:, None] * grad_xt
+    torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_classifier_guidance_runs_inside_the_samplers(generator, mode):
+    """The samplers run without autograd; the gradient must be taken anyway, and the guided
+    DDIM endpoint must move towards the requested class."""
+    x_T = torch.randn(200, 2, generator=generator, dtype=torch.float64)
+    y = torch.zeros(200, dtype=torch.int64)  # class 0 (prior 0.3)
+    guided = classifier_guidance(exact_eps, exact_classifier, y, 3.0, SCHED)
+    ctx = torch.inference_mode() if mode == "inference_mode" else torch.no_grad()
+    with ctx:
+        x_0 = ddim_sample(guided, SCHED, x_T, steps=20, progress=False)
+        x_u = ddim_sample(exact_eps, SCHED, x_T, steps=20, progress=False)
+    near_0 = lambda x: ((x - MEANS[0]).norm(dim=1) < 1.0).float().mean()  # noqa: E731
+    assert torch.isfinite(x_0).all()
+    assert near_0(x_0) > 0.95 and near_0(x_u) < 0.5  # unguided: about the prior 0.3
+
+
+def test_classifier_guidance_bad_arguments():
+    with pytest.raises(ValueError, match="guidance_scale"):
+        classifier_guidance(exact_eps, exact_classifier, torch.tensor([0]), -1.0, SCHED)
+    with pytest.raises(TypeError, match="integer tensor"):
+        classifier_guidance(exact_eps, exact_classifier, torch.tensor([0.0]), 1.0, SCHED)
+    with pytest.raises(TypeError, match="NoiseSchedule"):
+        classifier_guidance(exact_eps, exact_classifier, torch.tensor([0]), 1.0, None)
+    x_t = torch.zeros(2, 2, dtype=torch.float64)
+    t = torch.tensor([10, 10])
+    with pytest.raises(ValueError, match="0..1"):  # label 2 of a two-class classifier
+        classifier_guidance(exact_eps, exact_classifier, torch.tensor([0, 2]), 1.0, SCHED)(x_t, t)
+    with pytest.raises(ValueError, match="batch"):
+        classifier_guidance(exact_eps, exact_classifier, torch.tensor([0]), 1.0, SCHED)(x_t, t)
+    with pytest.raises(ValueError, match="logits"):
+        flat = lambda x, t: x.sum(1)  # noqa: E731  (B,), not (B, K)
+        classifier_guidance(exact_eps, flat, torch.tensor([0, 1]), 1.0, SCHED)(x_t, t)
+    clf = nn.Linear(2, 3).train()
+    with pytest.raises(ValueError, match="eval"):
+        x0_hat_classifier(exact_eps, clf, SCHED)
