@@ -51,9 +51,12 @@ from diffusion_tutorial.samplers import (
     ddpm_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
+    ilvr_projection,
     leading_timesteps,
     logsnr_timesteps,
     quadratic_timesteps,
+    repaint_sample,
+    replacement_projection,
     uniform_timesteps,
 )
 
@@ -105,6 +108,9 @@ __all__ = [
     "uniform_timesteps",
     "quadratic_timesteps",
     "logsnr_timesteps",
+    "replacement_projection",
+    "ilvr_projection",
+    "repaint_sample",
     "NoiseSchedule",
     "linear_schedule",
     "cosine_schedule",

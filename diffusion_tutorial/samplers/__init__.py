@@ -1,5 +1,5 @@
 """Samplers for the reverse process: DDPM, DDIM (and its inversion), DPM-Solver++ and
-its stochastic (SDE) variant.
+its stochastic (SDE) variant; projections for inpainting and super-resolution, and RePaint.
 
 Every sampler takes ``model(x_t, t) -> eps_hat`` (t: int64 (B,) of book indices in 1..T), a
 ``NoiseSchedule`` and the starting noise, and shares the options ``clip_x0``, ``callback(i, t, x_t,
@@ -13,6 +13,17 @@ from diffusion_tutorial.samplers.ddim import ddim_invert, ddim_sample
 from diffusion_tutorial.samplers.ddpm import ddpm_sample
 from diffusion_tutorial.samplers.dpm_solver import dpm_solver_sample
 from diffusion_tutorial.samplers.dpm_solver_sde import dpm_solver_sde_sample
+from diffusion_tutorial.samplers.inverse import (
+    Projection,
+    check_mask,
+    check_scale_factor,
+    downsample,
+    ilvr_projection,
+    low_pass,
+    replacement_projection,
+    upsample,
+)
+from diffusion_tutorial.samplers.repaint import renoise, repaint_path, repaint_sample
 from diffusion_tutorial.samplers.timesteps import (
     leading_timesteps,
     logsnr_timesteps,
@@ -32,4 +43,15 @@ __all__ = [
     "uniform_timesteps",
     "quadratic_timesteps",
     "logsnr_timesteps",
+    "Projection",
+    "check_mask",
+    "check_scale_factor",
+    "downsample",
+    "upsample",
+    "low_pass",
+    "replacement_projection",
+    "ilvr_projection",
+    "renoise",
+    "repaint_path",
+    "repaint_sample",
 ]

@@ -6,6 +6,7 @@ Book: Fast sampling (Part 3). Song et al. 2021, "Denoising Diffusion Implicit Mo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -39,6 +40,7 @@ def ddim_sample(
     clip_x0: bool = False,
     callback: Callback | None = None,
     progress: bool = True,
+    project: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """DDIM step from t to s < t: x_prev = sqrt(alpha_bar[s]) x0_hat + sqrt(1 - alpha_bar[s] - ddim_sigma^2) eps_hat + ddim_sigma z.
 
@@ -47,7 +49,9 @@ def ddim_sample(
     ODE), eta = 1 on every step (``steps = T``) is DDPM. ``steps`` model calls at the times
     ``timesteps(schedule, steps)``; the default is the DDIM reference code's grid
     (:func:`leading_timesteps`, also diffusers' default), and the last step goes to t = 0, where it
-    returns x0_hat.
+    returns x0_hat. ``project(s, x_prev)``, if given, replaces each new state x_prev (at book time
+    s, down to 0) by its return value: the hook of the inpainting and super-resolution
+    projections (``samplers.inverse``).
     Book: Fast sampling (Part 3). Song et al. 2021, eqs. 12 and 16.
     """
     x_t = check_start("x_T", x_T, schedule)
@@ -69,6 +73,9 @@ def ddim_sample(
         x_prev = math.sqrt(alpha_bar[s]) * x0_hat + direction * eps_hat  # (B, ...)
         if ddim_sigma > 0:
             x_prev = x_prev + ddim_sigma * randn_like(x_prev, generator)
+        # Step 4 (optional): project the new state, which lives at time s, onto the constraint.
+        if project is not None:
+            x_prev = project(s, x_prev)
         x_t = x_prev
     return x_t
 

@@ -6,6 +6,7 @@ Book: Reverse process (Part 2). Ho et al. 2020, Algorithm 2.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -32,6 +33,7 @@ def ddpm_sample(
     clip_x0: bool = False,
     callback: Callback | None = None,
     progress: bool = True,
+    project: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Sample p_theta(x_{t-1} | x_t) = N(mu_tilde(x_t, x0_hat), beta_tilde_t I) for t = T, ..., 1.
 
@@ -40,7 +42,9 @@ def ddpm_sample(
     with x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar[t]): the same mean as Ho et al.'s
     (x_t - beta_t / sigma_t eps_hat) / sqrt(alpha_t), and no noise at the last step. The reverse
     variance is the posterior variance beta_tilde_t (Ho et al.'s "sigma_t^2 = beta_tilde_t").
-    T model calls. Returns x_0 in the dtype/device of ``x_T``.
+    T model calls. Returns x_0 in the dtype/device of ``x_T``. ``project(s, x_prev)``, if given,
+    replaces each new state x_prev (at book time s = t - 1, down to 0) by its return value: the
+    hook of the inpainting and super-resolution projections (``samplers.inverse``).
     Book: The reverse process, eq. (eq-rev-ddpm-step). Ho et al. 2020, eqs. 6-7, 11 and Algorithm 2.
     """
     x_t = check_start("x_T", x_T, schedule)
@@ -59,5 +63,8 @@ def ddpm_sample(
         # Step 3: add noise of variance beta_tilde_t, except at the last step (t = 1).
         if t > 1:
             x_prev = x_prev + math.sqrt(beta_tilde[t]) * randn_like(x_prev, generator)
+        # Step 4 (optional): project the new state, which lives at time t - 1, onto the constraint.
+        if project is not None:
+            x_prev = project(t - 1, x_prev)
         x_t = x_prev
     return x_t
