@@ -157,11 +157,15 @@ def replacement_projection(
 
     The known pixels are noised to the level s of the state they replace (fresh eps at each call,
     drawn from ``generator``); at s = 0 they are pasted exactly. ``x_known`` (B, C, H, W) holds
-    the observed image (its values where ``mask`` = 0 are ignored); ``mask`` is 1 = known, 0 = to
+    the observed images (their values where ``mask`` = 0 are ignored; any shape (B, ...), images or points); ``mask`` is 1 = known, 0 = to
     fill, checked by :func:`check_mask`.
     Book: Inpainting and super-resolution (Part 4). Lugmayr et al. 2022 (RePaint), eq. 8.
     """
-    x_known = check_finite("x_known", _check_images("x_known", x_known))
+    x_known = check_finite("x_known", check_float_tensor("x_known", x_known))
+    if x_known.ndim < 2:
+        raise ValueError(
+            f"x_known must have a batch dimension (B, ...), got shape {tuple(x_known.shape)}"
+        )
     known = check_mask(mask, x_known)  # bool, broadcasts over x_known
 
     def project(s: int, x_s: torch.Tensor) -> torch.Tensor:
