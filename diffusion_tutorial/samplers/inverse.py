@@ -159,7 +159,8 @@ def replacement_projection(
     drawn from ``generator``); at s = 0 they are pasted exactly. ``x_known`` (B, C, H, W) holds
     the observed images (their values where ``mask`` = 0 are ignored; any shape (B, ...), images or points); ``mask`` is 1 = known, 0 = to
     fill, checked by :func:`check_mask`.
-    Book: Inpainting and super-resolution (Part 4). Lugmayr et al. 2022 (RePaint), eq. 8.
+    Book: Inpainting and super-resolution, eqs. (eq-inv-known-marginal), (eq-inv-replacement).
+    Lugmayr et al. 2022 (RePaint), eq. 8.
     """
     x_known = check_finite("x_known", check_float_tensor("x_known", x_known))
     if x_known.ndim < 2:
@@ -189,7 +190,8 @@ def ilvr_projection(
     is sqrt(alpha_bar[s]) up(y) + sigma_s phi(eps): its noise is the block mean of full-resolution
     noise (variance sigma_s^2 / factor^2), not fresh noise at low resolution. At s = 0 the result
     satisfies down(x_0) = y up to rounding.
-    Book: Inpainting and super-resolution (Part 4). Choi et al. 2021 (ILVR), eq. 6 and Algorithm 1.
+    Book: Inpainting and super-resolution, eq. (eq-inv-ilvr). Choi et al. 2021 (ILVR), eq. 6 and
+    Algorithm 1.
     """
     y = check_finite("y", _check_images("y", y))
     factor = check_int_in_range("factor", factor, 2, None)

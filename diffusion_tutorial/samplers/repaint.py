@@ -69,8 +69,8 @@ def renoise(
 
     q(x_u | x_s) of the Markov chain over u - s steps, so that x_s ~ q(x_s | x_0) gives
     x_u ~ q(x_u | x_0).
-    Book: Inpainting and super-resolution (Part 4). Lugmayr et al. 2022, sec. 4.2; Ho et al.
-    2020, eq. 2 composed.
+    Book: Inpainting and super-resolution, eq. (eq-inv-renoise). Lugmayr et al. 2022, sec. 4.2;
+    Ho et al. 2020, eq. 2 composed.
     """
     check_int_in_range("s", s, 0, schedule.T - 1)
     check_int_in_range("u", u, s + 1, schedule.T)
