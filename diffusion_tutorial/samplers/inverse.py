@@ -14,7 +14,7 @@ Conventions: images (B, C, H, W); a mask is 1 where the pixel is KNOWN (kept) an
 to be filled (RePaint's convention; diffusers' inpainting pipelines use the opposite one).
 
 Book: Inpainting and super-resolution (Part 4). Lugmayr et al. 2022 (RePaint), eq. 8;
-Choi et al. 2021 (ILVR), eq. 6.
+Choi et al. 2021 (ILVR), Algorithm 1.
 """
 
 from __future__ import annotations
@@ -190,8 +190,7 @@ def ilvr_projection(
     is sqrt(alpha_bar[s]) up(y) + sigma_s phi(eps): its noise is the block mean of full-resolution
     noise (variance sigma_s^2 / factor^2), not fresh noise at low resolution. At s = 0 the result
     satisfies down(x_0) = y up to rounding.
-    Book: Inpainting and super-resolution, eq. (eq-inv-ilvr). Choi et al. 2021 (ILVR), eq. 6 and
-    Algorithm 1.
+    Book: Inpainting and super-resolution, eq. (eq-inv-ilvr). Choi et al. 2021 (ILVR), Algorithm 1.
     """
     y = check_finite("y", _check_images("y", y))
     factor = check_int_in_range("factor", factor, 2, None)
