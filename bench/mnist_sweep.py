@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--table", type=Path, default=None, help="print the tables of a file and exit")
     args = p.parse_args(argv)
     if args.table is not None:
-        print(table(load(args.table)))
+        rows = load(args.table)
+        if not rows:
+            p.error(f"no results in {args.table}")
+        print(table(rows))
         return
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -48,9 +48,10 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def sweep_samples(seed: int = 0) -> dict[str, torch.Tensor]:
+def sweep_samples(seed: int = 0, folder: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The stored first samples of every run of draw ``seed``: ``{sampler: (K, 1, 28, 28) in [-1, 1]}``."""
-    path = RESULTS_DIR / f"mnist_sweep_samples_seed{seed}.npz"
+    folder = Path(folder) if folder is not None else RESULTS_DIR
+    path = folder / f"mnist_sweep_samples_seed{seed}.npz"
     if not path.is_file():
         raise FileNotFoundError(f"no stored samples at {path}")
     with np.load(path, allow_pickle=False) as data:
