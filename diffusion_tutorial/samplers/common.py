@@ -37,6 +37,9 @@ Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 TimestepFn = Callable[[NoiseSchedule, int], torch.Tensor]
 """``timesteps(schedule, steps)`` -> int64 tensor (steps + 1,) from the top down to 0, see timesteps.py."""
 
+Projection = Callable[[int, torch.Tensor], torch.Tensor]
+"""``project(s, x_s) -> x_s``: called by a sampler on each new state x_s at book time s (down to 0)."""
+
 
 def check_start(name: str, x: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
     """Validate a sampler's input: a finite floating-point tensor with a batch dimension."""

@@ -6,7 +6,6 @@ Book: Fast sampling (Part 3). Song et al. 2021, "Denoising Diffusion Implicit Mo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -16,6 +15,7 @@ from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
+    Projection,
     TimestepFn,
     check_start,
     predict,
@@ -40,7 +40,7 @@ def ddim_sample(
     clip_x0: bool = False,
     callback: Callback | None = None,
     progress: bool = True,
-    project: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    project: Projection | None = None,
 ) -> torch.Tensor:
     """DDIM step from t to s < t: x_prev = sqrt(alpha_bar[s]) x0_hat + sqrt(1 - alpha_bar[s] - ddim_sigma^2) eps_hat + ddim_sigma z.
 

@@ -6,7 +6,6 @@ Book: Reverse process (Part 2). Ho et al. 2020, Algorithm 2.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -15,6 +14,7 @@ from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
+    Projection,
     check_start,
     predict,
     progress_bar,
@@ -33,7 +33,7 @@ def ddpm_sample(
     clip_x0: bool = False,
     callback: Callback | None = None,
     progress: bool = True,
-    project: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    project: Projection | None = None,
 ) -> torch.Tensor:
     """Sample p_theta(x_{t-1} | x_t) = N(mu_tilde(x_t, x0_hat), beta_tilde_t I) for t = T, ..., 1.
 

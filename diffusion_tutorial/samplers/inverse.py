@@ -19,8 +19,6 @@ Choi et al. 2021 (ILVR), Algorithm 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
@@ -32,6 +30,7 @@ from diffusion_tutorial.checks import (
 )
 from diffusion_tutorial.core.forward import q_sample
 from diffusion_tutorial.core.schedules import NoiseSchedule
+from diffusion_tutorial.samplers.common import Projection
 
 __all__ = [
     "Projection",
@@ -43,9 +42,6 @@ __all__ = [
     "replacement_projection",
     "ilvr_projection",
 ]
-
-Projection = Callable[[int, torch.Tensor], torch.Tensor]
-"""``project(s, x_s) -> x_s``: called by a sampler on each new state x_s at book time s (down to 0)."""
 
 
 def check_mask(mask: object, x: torch.Tensor) -> torch.Tensor:

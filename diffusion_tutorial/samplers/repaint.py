@@ -21,13 +21,13 @@ from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
+    Projection,
     TimestepFn,
     check_start,
     predict,
     progress_bar,
     resolve_timesteps,
 )
-from diffusion_tutorial.samplers.inverse import Projection
 from diffusion_tutorial.samplers.timesteps import leading_timesteps
 
 __all__ = ["repaint_path", "renoise", "repaint_sample"]
