@@ -75,7 +75,7 @@ def classifier_free_guidance(
         raise ValueError(
             "classifier_free_guidance needs a conditional model (config.num_classes set)"
         )
-    w = check_float_in_range("guidance_scale", guidance_scale, 0.0, None)
+    guidance_scale = check_float_in_range("guidance_scale", guidance_scale, 0.0, None)  # s
     y = check_labels("y", y, None, num_classes - 1)  # (B,) int64; None, bool or float: TypeError
 
     def guided_eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -88,7 +88,7 @@ def classifier_free_guidance(
         t2 = torch.cat([t, t]) if t.ndim == 1 else t  # (2B,) or a scalar
         eps = model(torch.cat([x_t, x_t]), t2, torch.cat([labels, null]))  # (2B, ...)
         eps_cond, eps_uncond = eps.chunk(2)  # each (B, ...)
-        return eps_uncond + w * (eps_cond - eps_uncond)
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)  # eps_u + s (eps_c - eps_u)
 
     return guided_eps
 

@@ -116,7 +116,9 @@ class TrainConfig:
         same_on_resume=True,
     )
     guidance_scale: float = option(
-        3.0, "guidance scale w for the conditional sample grids", low=0.0
+        3.0,
+        "guidance scale s (1: the plain conditional model; Ho & Salimans' w = s - 1) for the conditional sample grids",
+        low=0.0,
     )
     out_dir: str = option("runs/mnist", "output folder", flag="--out")
     seed: int = option(0, "random seed (data order, noise, init)", low=0, same_on_resume=True)
