@@ -79,7 +79,7 @@ REGISTRY: dict[str, WeightsEntry] = {
 CLASSIFIER = WeightsEntry(
     filename="mnist_classifier.safetensors",
     sha256="50ce8d9e1c93b5853ab5c9f85ba766c3b5374ba968f8b35cd5163be203e1d390",
-    retrain="DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.evaluation.classifier_cli "
+    retrain="DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.training.classifier_cli "
     "--out diffusion_tutorial/weights/mnist_classifier.safetensors",
 )
 _RESERVED = {"unet_config", "schedule", "classifier_config"}

@@ -12,7 +12,7 @@ parameters) reach 99.15 % test accuracy after 3 epochs; the real-vs-real MNIST-F
 Train it (1,407 steps: ~25 s at the ~60 steps/s of an idle 2-core CPU; 477 s were measured
 on a heavily shared one) and write the shipped file::
 
-    DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.evaluation.classifier_cli \\
+    DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.training.classifier_cli \\
         --out diffusion_tutorial/weights/mnist_classifier.safetensors
 
 Book: Evaluating samples (MNIST-FID).

@@ -1,6 +1,6 @@
 """Command line: train the MNIST evaluation classifier behind MNIST-FID and save it as safetensors.
 
-``python -m diffusion_tutorial.evaluation.classifier_cli --out mnist_classifier.safetensors``
+``python -m diffusion_tutorial.training.classifier_cli --out mnist_classifier.safetensors``
 (the shipped file was trained with the defaults on a CPU in a few minutes).
 """
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     acc = accuracy(clf, test.images, test.labels)
     command = (
-        "python -m diffusion_tutorial.evaluation.classifier_cli "
+        "python -m diffusion_tutorial.training.classifier_cli "
         f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} --seed {args.seed}"
     )
     path = pretrained.save_classifier(
