@@ -63,7 +63,7 @@ from diffusion_tutorial.samplers import (  # noqa: E402
     quadratic_timesteps,
     uniform_timesteps,
 )
-from diffusion_tutorial.samplers.common import predict, resolve_timesteps  # noqa: E402
+from diffusion_tutorial.samplers.common import ddim_step, predict, resolve_timesteps  # noqa: E402
 
 GRIDS = {
     "leading": leading_timesteps,
@@ -151,13 +151,12 @@ def ddpm_hat_sample(model_fn, schedule, x_T, *, steps, generator, timesteps=lead
     alpha_bar = schedule.alpha_bar.tolist()
     x_t = x_T
     for t, s in zip(ts[:-1], ts[1:], strict=True):
-        _, x0_hat = predict(model_fn, x_t, t, alpha_bar[t], False)
-        beta = 1 - alpha_bar[t] / alpha_bar[s]
-        coef_x0 = math.sqrt(alpha_bar[s]) * beta / (1 - alpha_bar[t])
-        coef_xt = math.sqrt(1 - beta) * (1 - alpha_bar[s]) / (1 - alpha_bar[t])
-        x_t = coef_x0 * x0_hat + coef_xt * x_t  # (B, ...) the posterior mean
-        if s > 0:
-            x_t = x_t + math.sqrt(beta) * randn_like(x_t, generator)
+        eps_hat, x0_hat = predict(model_fn, x_t, t, alpha_bar[t], False)
+        # the posterior mean: DDIM's eta = 1 step without its noise (ddim_step, eqs. 12 and 16)
+        x_t = ddim_step(x0_hat, eps_hat, alpha_bar[t], alpha_bar[s], 1.0, noise=False)
+        if s > 0:  # then noise of the larger variance sigma_hat^2 (Song et al. Table 1, sec. 5.1)
+            sigma_hat = math.sqrt(1 - alpha_bar[t] / alpha_bar[s])
+            x_t = x_t + sigma_hat * randn_like(x_t, generator)
     return x_t
 
 

@@ -8,7 +8,7 @@ x0_hat)`` and ``progress``. Step spacing is a function ``timesteps(schedule, ste
 Book: Reverse process (Part 2) and Fast sampling (Part 3).
 """
 
-from diffusion_tutorial.samplers.common import Callback, TimestepFn
+from diffusion_tutorial.samplers.common import Callback, TimestepFn, ddim_step
 from diffusion_tutorial.samplers.ddim import ddim_invert, ddim_sample
 from diffusion_tutorial.samplers.ddpm import ddpm_sample
 from diffusion_tutorial.samplers.dpm_solver import dpm_solver_sample
@@ -36,6 +36,7 @@ __all__ = [
     "TimestepFn",
     "ddpm_sample",
     "ddim_sample",
+    "ddim_step",
     "ddim_invert",
     "dpm_solver_sample",
     "dpm_solver_sde_sample",

@@ -1,4 +1,5 @@
-"""What every sampler shares: the input check, the time grid, one model call, the progress bar.
+"""What every sampler shares: the input check, the time grid, one model call, the DDIM step, the
+``project`` hook and the progress bar.
 
 Schedule coefficients are read as Python floats (float64) once per call, so each step costs a few
 fused tensor operations in the dtype of ``x_T`` and no coefficient tensors.
@@ -17,6 +18,7 @@ from diffusion_tutorial.checks import (
     check_model_output,
     check_positive_int,
 )
+from diffusion_tutorial.core.forward import randn_like
 from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.runtime import tqdm
@@ -28,6 +30,9 @@ __all__ = [
     "check_start",
     "resolve_timesteps",
     "predict",
+    "ddim_step",
+    "check_projection",
+    "apply_projection",
     "progress_bar",
 ]
 
@@ -106,6 +111,89 @@ def predict(
         x0_hat = x0_hat.clamp(-1.0, 1.0)
         eps_hat = (x_t - sqrt_alpha_bar * x0_hat) / sigma
     return eps_hat, x0_hat
+
+
+def ddim_step(
+    x0_hat: torch.Tensor,
+    eps_hat: torch.Tensor,
+    alpha_bar_t: float,
+    alpha_bar_s: float,
+    eta: float,
+    generator: torch.Generator | None = None,
+    *,
+    noise: bool = True,
+) -> torch.Tensor:
+    """DDIM step from t to s: x_s = sqrt(alpha_bar[s]) x0_hat + sqrt(1 - alpha_bar[s] - ddim_sigma^2) eps_hat + ddim_sigma z.
+
+    ddim_sigma = eta sqrt((1 - alpha_bar[s]) / (1 - alpha_bar[t])) sqrt(1 - alpha_bar[t] / alpha_bar[s]).
+    The package's one posterior step: eta = 1 samples the DDPM posterior q(x_s | x_t, x0_hat) (the
+    DDPM step is s = t - 1, RePaint's down-steps any s < t), eta = 0 is deterministic DDIM (also
+    run upwards, s > t, by DDIM inversion). z ~ N(0, I) is drawn from ``generator`` only when
+    ddim_sigma > 0 (never on the step to s = 0, where ddim_sigma = 0), so a sampler's noise stream
+    is one draw per noisy step. ``noise=False`` returns the mean (the step without its z term).
+    Coefficients are Python floats; the result has the dtype of ``x0_hat``.
+    Book: Fast sampling (Part 3). Song et al. 2021 (DDIM), eqs. 12 and 16.
+    """
+    # Step 1: the noise level of the step (eq. 16); eta = 0 skips it (also for s > t, inversion).
+    ddim_sigma = 0.0
+    if eta > 0:
+        ddim_sigma = eta * math.sqrt(
+            (1 - alpha_bar_s) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_s)
+        )
+    # Step 2: jump to s along the predicted x_0 and the predicted noise direction (eq. 12);
+    # eta <= 1 keeps 1 - alpha_bar[s] >= ddim_sigma^2 (max(...) only absorbs rounding).
+    direction = math.sqrt(max(1 - alpha_bar_s - ddim_sigma**2, 0.0))
+    x_s = math.sqrt(alpha_bar_s) * x0_hat + direction * eps_hat  # (B, ...)
+    # Step 3: fresh noise of standard deviation ddim_sigma.
+    if noise and ddim_sigma > 0:
+        x_s = x_s + ddim_sigma * randn_like(x_s, generator)
+    return x_s
+
+
+def check_projection(project: object, *, required: bool = False) -> Projection | None:
+    """Return ``project`` if it is None (and not ``required``) or a function, or raise ``TypeError``.
+
+    Called before a sampler's first model call, so that a wrong hook fails at once.
+    """
+    if project is None and not required:
+        return None
+    if not callable(project):
+        raise TypeError(
+            f"project must be a function project(s, x_s) -> x_s (or None), got "
+            f"{type(project).__name__}"
+        )
+    return project
+
+
+def apply_projection(project: Projection | None, s: int, x_s: torch.Tensor) -> torch.Tensor:
+    """``project(s, x_s)``, checked like a model output: a finite tensor shaped like ``x_s``, or raise.
+
+    A floating-point result in another dtype (a hook that computes in float64) is cast to the
+    sampler's dtype, the dtype of ``x_T``, so that the hook never changes the output dtype; an
+    integer, bool or complex result, another device, another shape, NaN or inf is an error that
+    names the hook and the time s. ``project=None`` returns ``x_s`` unchanged.
+    """
+    if project is None:
+        return x_s
+    out = project(s, x_s)
+    where = f"project(s, x_s) returned {{}} at s = {s}"
+    if out is None:
+        raise TypeError(where.format("None") + ": it must return the projected state x_s")
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(where.format(f"a {type(out).__name__}") + ": it must return a tensor")
+    if out.shape != x_s.shape:
+        raise ValueError(
+            where.format(f"shape {tuple(out.shape)}")
+            + f": it must keep the state's shape {tuple(x_s.shape)}"
+        )
+    if not out.dtype.is_floating_point or out.device != x_s.device:
+        raise TypeError(
+            where.format(f"a {out.dtype} tensor on {out.device}")
+            + f": it must return a floating-point tensor on {x_s.device}"
+        )
+    if not torch.isfinite(out).all():
+        raise ValueError(where.format("NaN or inf") + " (the model output was finite)")
+    return out.to(x_s.dtype)
 
 
 def progress_bar(n: int, progress: bool, desc: str) -> Iterable[int]:

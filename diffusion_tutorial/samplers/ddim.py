@@ -5,19 +5,19 @@ Book: Fast sampling (Part 3). Song et al. 2021, "Denoising Diffusion Implicit Mo
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from diffusion_tutorial.checks import check_float_in_range
-from diffusion_tutorial.core.forward import randn_like
 from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
     Projection,
     TimestepFn,
+    apply_projection,
+    check_projection,
     check_start,
+    ddim_step,
     predict,
     progress_bar,
     resolve_timesteps,
@@ -46,16 +46,17 @@ def ddim_sample(
 
     ddim_sigma = eta sqrt((1 - alpha_bar[s]) / (1 - alpha_bar[t])) sqrt(1 - alpha_bar[t] / alpha_bar[s]),
     eta in [0, 1]: eta = 0 is the deterministic DDIM (a first-order solver of the probability-flow
-    ODE), eta = 1 on every step (``steps = T``) is DDPM. ``steps`` model calls at the times
-    ``timesteps(schedule, steps)``; the default is the DDIM reference code's grid
+    ODE), eta = 1 on every step (``steps = T``) is DDPM; the step is :func:`ddim_step`. ``steps``
+    model calls at the times ``timesteps(schedule, steps)``; the default is the DDIM reference code's grid
     (:func:`leading_timesteps`, also diffusers' default), and the last step goes to t = 0, where it
     returns x0_hat. ``project(s, x_prev)``, if given, replaces each new state x_prev (at book time
-    s, down to 0) by its return value: the hook of the inpainting and super-resolution
-    projections (``samplers.inverse``).
+    s, down to 0) by its return value, checked like a model output (:func:`apply_projection`):
+    the hook of the inpainting and super-resolution projections (``samplers.inverse``).
     Book: Fast sampling (Part 3). Song et al. 2021, eqs. 12 and 16.
     """
     x_t = check_start("x_T", x_T, schedule)
     eta = check_float_in_range("eta", eta, 0.0, 1.0)
+    project = check_projection(project)
     ts = resolve_timesteps(timesteps, schedule, steps)
     alpha_bar = schedule.alpha_bar.tolist()
     for i in progress_bar(steps, progress, "DDIM"):
@@ -64,19 +65,10 @@ def ddim_sample(
         eps_hat, x0_hat = predict(model, x_t, t, alpha_bar[t], clip_x0)
         if callback is not None:
             callback(i, t, x_t, x0_hat)
-        # Step 2: the noise level of this step (eq. 16); eta <= 1 keeps 1 - alpha_bar[s] >= ddim_sigma^2.
-        ddim_sigma = eta * math.sqrt(
-            (1 - alpha_bar[s]) / (1 - alpha_bar[t]) * (1 - alpha_bar[t] / alpha_bar[s])
-        )
-        # Step 3: jump to s along the predicted x_0 and the predicted noise direction (eq. 12).
-        direction = math.sqrt(max(1 - alpha_bar[s] - ddim_sigma**2, 0.0))
-        x_prev = math.sqrt(alpha_bar[s]) * x0_hat + direction * eps_hat  # (B, ...)
-        if ddim_sigma > 0:
-            x_prev = x_prev + ddim_sigma * randn_like(x_prev, generator)
+        # Steps 2-3: ddim_sigma from eq. 16, then the jump to s of eq. 12 (:func:`ddim_step`).
+        x_prev = ddim_step(x0_hat, eps_hat, alpha_bar[t], alpha_bar[s], eta, generator)
         # Step 4 (optional): project the new state, which lives at time s, onto the constraint.
-        if project is not None:
-            x_prev = project(s, x_prev)
-        x_t = x_prev
+        x_t = apply_projection(project, s, x_prev)
     return x_t
 
 
@@ -97,7 +89,8 @@ def ddim_invert(
     (x_s - sigma_s eps_hat) / sqrt(alpha_bar[s]) (the sampler uses model(x_u, u): the two agree
     to first order in the step, which is why the round trip is exact only as steps grow). Uses
     the times of ``ddim_sample(..., timesteps=timesteps)`` in reverse and returns the state at
-    the sampler's first time, ready for ``ddim_sample``.
+    the sampler's first time, ready for ``ddim_sample``. No ``project`` hook: inversion encodes a
+    given x_0, so there is no unknown part for a constraint to fill in.
     Book: Fast sampling (Part 3). Song et al. 2021, sec. 4.3 and eq. 14.
     """
     x_s = check_start("x_0", x_0, schedule)
@@ -109,6 +102,6 @@ def ddim_invert(
         eps_hat, x0_hat = predict(model, x_s, u, alpha_bar[s], False)
         if callback is not None:
             callback(i, u, x_s, x0_hat)
-        # Step 2: the DDIM step (eta = 0) run upwards, from s to u.
-        x_s = math.sqrt(alpha_bar[u]) * x0_hat + math.sqrt(1 - alpha_bar[u]) * eps_hat  # (B, ...)
+        # Step 2: the DDIM step (eta = 0) run upwards, from s to u: sqrt(alpha_bar[u]) x0_hat + sigma_u eps_hat.
+        x_s = ddim_step(x0_hat, eps_hat, alpha_bar[s], alpha_bar[u], 0.0)  # (B, ...)
     return x_s

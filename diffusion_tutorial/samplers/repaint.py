@@ -23,7 +23,10 @@ from diffusion_tutorial.samplers.common import (
     Callback,
     Projection,
     TimestepFn,
+    apply_projection,
+    check_projection,
     check_start,
+    ddim_step,
     predict,
     progress_bar,
     resolve_timesteps,
@@ -102,8 +105,7 @@ def repaint_sample(
     Book: Inpainting and super-resolution (Part 4). Lugmayr et al. 2022, Algorithm 1.
     """
     x = check_start("x_T", x_T, schedule)
-    if not callable(project):
-        raise TypeError("project must be a function project(s, x_s) -> x_s")
+    project = check_projection(project, required=True)
     ts = resolve_timesteps(timesteps, schedule, steps)
     path = repaint_path(steps, jump_length, resamplings)
     alpha_bar = schedule.alpha_bar.tolist()
@@ -120,13 +122,7 @@ def repaint_sample(
             callback(call, t, x, x0_hat)
         call += 1
         # Step 2: sample the posterior q(x_s | x_t, x0_hat): DDIM's step with eta = 1.
-        ddim_sigma = math.sqrt(
-            (1 - alpha_bar[s]) / (1 - alpha_bar[t]) * (1 - alpha_bar[t] / alpha_bar[s])
-        )
-        direction = math.sqrt(max(1 - alpha_bar[s] - ddim_sigma**2, 0.0))
-        x = math.sqrt(alpha_bar[s]) * x0_hat + direction * eps_hat  # (B, ...)
-        if ddim_sigma > 0:
-            x = x + ddim_sigma * randn_like(x, generator)
+        x = ddim_step(x0_hat, eps_hat, alpha_bar[t], alpha_bar[s], 1.0, generator)
         # Step 3: put back what is known, at the noise level of time s.
-        x = project(s, x)
+        x = apply_projection(project, s, x)
     return x
