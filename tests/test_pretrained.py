@@ -228,3 +228,154 @@ def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, tiny_model
     with pytest.raises(OSError, match="disk full"):
         pretrained.save(path, tiny_model, schedule=SCHEDULE, steps=2)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+# ------------------------------------------------------------- reliability II (issue 23): files
+
+
+def test_save_keeps_schedule_parameters_so_the_file_loads_back_the_same_schedule(
+    tmp_path, tiny_model
+):
+    # Silently wrong before: beta_end was written but ignored, so beta_T came back as 0.02.
+    spec = {"name": "linear", "T": 50, "beta_end": 0.05}
+    path = pretrained.save(tmp_path / "m.safetensors", tiny_model, schedule=spec)
+    _, schedule = pretrained.load_file(path)
+    expected = linear_schedule(50, beta_end=0.05)
+    torch.testing.assert_close(schedule.beta, expected.beta, rtol=0, atol=0)
+    assert schedule.beta[-1].item() == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"beta_end": "x"}, "beta_end"),  # an invalid value was written
+        ({"beta_end": 2.0}, "beta_end"),  # out of range for a beta
+        ({"max_beta": 0.5}, "max_beta.*linear.*allowed.*beta_end"),  # a cosine parameter
+        ({"beta_end": float("nan")}, "beta_end"),
+    ],
+)
+def test_save_refuses_schedule_values_that_would_not_load_back(tmp_path, tiny_model, extra, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        pretrained.save(
+            tmp_path / "m.safetensors", tiny_model, schedule={"name": "linear", "T": 50, **extra}
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_kind_that_save_writes_loads_back(tmp_path, generator):
+    from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
+
+    # Data loss before: save(path, MLPDenoiser(...)) wrote a file load_file could not read.
+    mlp = MLPDenoiser(MLPConfig(hidden=16, num_blocks=1, T=50)).eval()
+    path = pretrained.save(tmp_path / "mlp.safetensors", mlp, schedule=SCHEDULE)
+    assert pretrained.card_file(path)["kind"] == "mlp"
+    model, schedule = pretrained.load_file(path)
+    assert isinstance(model, MLPDenoiser) and model.config == mlp.config and schedule.T == 50
+    x, t = torch.randn(3, 2, generator=generator), torch.tensor([1, 2, 50])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), mlp(x, t))
+    clf_path = pretrained.save_classifier(tmp_path / "c.safetensors", MNISTClassifier())
+    assert pretrained.card_file(clf_path)["kind"] == "classifier"
+
+
+def test_the_unet_file_records_its_kind(tmp_path, tiny_model):
+    path = pretrained.save(tmp_path / "m.safetensors", tiny_model, schedule=SCHEDULE)
+    assert pretrained.card_file(path)["kind"] == "unet"
+
+
+def test_save_classifier_refuses_a_unet_and_save_refuses_a_classifier(tmp_path, tiny_model):
+    # Data loss before: save_classifier(path, unet) wrote a file load_classifier could not read.
+    with pytest.raises(TypeError, match="save_classifier.*MNISTClassifier.*pretrained.save"):
+        pretrained.save_classifier(tmp_path / "c.safetensors", tiny_model)
+    with pytest.raises(TypeError, match="save_classifier"):
+        pretrained.save(tmp_path / "c.safetensors", MNISTClassifier(), schedule=SCHEDULE)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_file_names_the_loader_of_a_classifier_file(tmp_path):
+    path = pretrained.save_classifier(tmp_path / "c.safetensors", MNISTClassifier())
+    with pytest.raises(ValueError, match=f"{path}.*classifier.*load_classifier"):
+        pretrained.load_file(path)
+
+
+@pytest.mark.parametrize("kind", ["flow", "autoencoder", "few-step", "banana"])
+def test_a_kind_this_version_cannot_build_is_refused_clearly(tmp_path, tiny_model, kind):
+    meta = {
+        "kind": json.dumps(kind),
+        "unet_config": json.dumps(dataclasses.asdict(tiny_model.config)),
+        "schedule": json.dumps(SCHEDULE),
+    }
+    path = pretrained._write(tmp_path / "m.safetensors", tiny_model, meta)
+    with pytest.raises(ValueError, match=f"{path}.*kind '{kind}'.*cannot build.*unet"):
+        pretrained.load_file(path)
+
+
+def test_files_without_a_kind_key_are_read_as_before(tmp_path, tiny_model):
+    # The shipped files (and every file written before kinds existed) carry no "kind".
+    meta = {
+        "unet_config": json.dumps(dataclasses.asdict(tiny_model.config)),
+        "schedule": json.dumps(SCHEDULE),
+    }
+    path = pretrained._write(tmp_path / "m.safetensors", tiny_model, meta)
+    model, _ = pretrained.load_file(path)
+    assert isinstance(model, UNet) and model.config == tiny_model.config
+    for name in pretrained.REGISTRY:
+        assert "kind" not in pretrained.card(name)  # the shipped files are unchanged
+
+
+def _write_with_config(tmp_path, model, config) -> Path:
+    meta = {"unet_config": json.dumps(config), "schedule": json.dumps(SCHEDULE)}
+    return pretrained._write(tmp_path / "m.safetensors", model, meta)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"new_option": 3}, "unet_config.*new_option"),  # TypeError: unexpected keyword
+        ({"channel_mults": [1.5, 2]}, "channel_mults"),  # truncated to (1, 2) before
+        ({"base_channels": 16}, "state_dict|parameter"),  # a bare load_state_dict RuntimeError
+    ],
+)
+def test_load_errors_from_mismatched_metadata_name_the_file(tmp_path, tiny_model, change, match):
+    config = {**dataclasses.asdict(tiny_model.config), **change}
+    path = _write_with_config(tmp_path, tiny_model, config)
+    with pytest.raises(ValueError, match=match) as info:
+        pretrained.load_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_string_config_names_the_file(tmp_path, tiny_model):
+    meta = {"unet_config": json.dumps("tiny"), "schedule": json.dumps(SCHEDULE)}
+    path = pretrained._write(tmp_path / "m.safetensors", tiny_model, meta)
+    with pytest.raises(ValueError, match=f"{path}.*unet_config.*JSON object"):
+        pretrained.load_file(path)
+
+
+@pytest.mark.parametrize(
+    "content", [b"\xff" * 8 + b"{}", b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}    "]
+)
+def test_a_file_that_is_not_safetensors_names_its_path(tmp_path, content):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)  # e.g. "header too large" from the first 8 bytes
+    for call in (pretrained.load_file, pretrained.card_file, pretrained.load_classifier):
+        with pytest.raises(ValueError, match=f"{path}.*not a readable safetensors file"):
+            call(path)
+
+
+def test_load_file_accepts_an_upper_case_sha256(tmp_path, tiny_model):
+    path = pretrained.save(tmp_path / "m.safetensors", tiny_model, schedule=SCHEDULE)
+    digest = pretrained.sha256_file(path)
+    pretrained.load_file(path, sha256=digest.upper())
+    pretrained.load_classifier(
+        pretrained.save_classifier(tmp_path / "c.safetensors", MNISTClassifier()),
+        sha256=pretrained.sha256_file(tmp_path / "c.safetensors").upper(),
+    )
+    with pytest.raises(ValueError, match="sha256 must be 64 hexadecimal digits"):
+        pretrained.load_file(path, sha256=digest[:10])
+
+
+@pytest.mark.parametrize("device", [torch.float16, 3.5, "gpu0"])
+def test_load_refuses_what_is_not_a_device(shipped, device):
+    # Silently wrong before: a dtype passed as the device returned a float16 model.
+    with pytest.raises((TypeError, ValueError), match="device"):
+        pretrained.load("mnist", device=device)

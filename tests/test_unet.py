@@ -204,3 +204,24 @@ def test_ema_without_warmup_uses_the_full_decay_and_survives_a_state_round_trip(
     restored = EMA(model, decay=0.5)
     restored.load_state_dict(ema.state_dict())
     assert restored.current_decay() == 0.9 and restored.num_updates == 1
+
+
+# Reliability II (issue 23): a config is refused rather than coerced into another network.
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(channel_mults=(1.7, 2)),  # int(1.7) == 1: silently (1, 2) before
+        dict(channel_mults=[1.5, 2, 4]),  # what a file's JSON metadata may say
+        dict(channel_mults="12"),  # a string is iterable: ('1', '2') -> (1, 2) before
+        dict(channel_mults=(True, 2)),
+        dict(attention="no"),  # a non-empty string is truthy: attention on before
+        dict(attention=0),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_refused_not_coerced(kwargs):
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        UNetConfig(**kwargs)
+
+
+def test_a_list_of_ints_from_json_is_still_a_valid_channel_mults():
+    assert UNetConfig(channel_mults=[1, 2]).channel_mults == (1, 2)

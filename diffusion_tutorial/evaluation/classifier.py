@@ -27,7 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_tutorial.checks import check_float_tensor, check_labels, check_positive_int
+from diffusion_tutorial.checks import (
+    check_float_tensor,
+    check_int_in_range,
+    check_labels,
+    check_positive_int,
+)
 from diffusion_tutorial.runtime import tqdm
 
 __all__ = [
@@ -47,6 +52,18 @@ class ClassifierConfig:
     channels: tuple[int, ...] = (32, 64)
     hidden: int = 128
     num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        ch = self.channels
+        if (
+            not isinstance(ch, (tuple, list))
+            or not ch
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in ch)
+        ):
+            raise TypeError(f"channels must be a non-empty tuple of positive ints, got {ch!r}")
+        self.channels = tuple(ch)  # JSON gives a list
+        check_positive_int("hidden", self.hidden)
+        check_int_in_range("num_classes", self.num_classes, 2, None)
 
 
 class MNISTClassifier(nn.Module):

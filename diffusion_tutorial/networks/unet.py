@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_tutorial.checks import check_float_in_range, check_positive_int, check_time_indices
+from diffusion_tutorial.checks import check_float_in_range, check_positive_int
+from diffusion_tutorial.core.time import check_book_times
 from diffusion_tutorial.networks.embedding import (
     check_input_dtype,
     sinusoidal_embedding,
@@ -48,7 +49,21 @@ class UNetConfig:
     groups: int = 8
 
     def __post_init__(self) -> None:
-        self.channel_mults = tuple(int(m) for m in self.channel_mults)  # JSON gives a list
+        # Refuse rather than coerce: int(1.7) == 1 and tuple('12') == ('1', '2') would silently
+        # build another network than the one asked for (or the one a file describes).
+        mults = self.channel_mults
+        if not isinstance(mults, (tuple, list)) or not all(
+            isinstance(m, int) and not isinstance(m, bool) for m in mults
+        ):
+            raise TypeError(
+                f"channel_mults must be a tuple of positive ints such as (1, 2, 4), got {mults!r}"
+            )
+        self.channel_mults = tuple(mults)  # JSON gives a list
+        if not isinstance(self.attention, bool):
+            raise TypeError(
+                f"attention must be True or False, got {type(self.attention).__name__} "
+                f"{self.attention!r}"
+            )
         for name in (
             "in_channels",
             "image_size",
@@ -218,8 +233,13 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         """Predict the noise: eps_hat = eps_theta(x_t, t, y), shape (B, C, H, W) like x_t.
 
-        ``t``: int64 (B,) book indices 1..T (a scalar is broadcast). ``y``: int64 (B,) labels in
-        0..num_classes (num_classes = null); None on a conditional model means the null class.
+        ``t``: int64 (B,) book indices 1..T (a scalar is broadcast), or a float tensor (B,) of
+        fractional book times in [1, T]: a point between grid times, fed to the same sinusoidal
+        embedding (its sigma and alpha_bar are those of ``core.time.NoiseLevel.from_t``, by
+        interpolation in log-SNR). The model was trained only at integer t, so a fractional t
+        relies on the network being smooth in t. Integer values, as int64 or as floats, give
+        the integer-t output bit for bit. ``y``: int64 (B,) labels in 0..num_classes
+        (num_classes = null); None on a conditional model means the null class.
         """
         cfg = self.config
         if (
@@ -235,7 +255,7 @@ class UNet(nn.Module):
         B = x_t.shape[0]
         # Range checks wait for the GPU: skip them in CUDA training (the loss already checked t).
         checks = not (self.training and x_t.is_cuda)
-        t = check_time_indices("t", t, B, 1, cfg.T, x_t.device, check_values=checks)  # (B,)
+        t = check_book_times("t", t, B, 1, cfg.T, x_t.device, check_values=checks)  # (B,)
         emb = self.time_mlp(sinusoidal_embedding(t, 4 * cfg.base_channels, dtype=x_t.dtype))
         if self.class_emb is not None:
             emb = emb + self.class_emb(
