@@ -5,16 +5,23 @@
 #   make lab    open the notebooks in JupyterLab
 # Each target creates .venv and installs what it needs on first use; later runs reuse it.
 #
-# How `make test` executes each notebook exactly once:
-#   1. scripts/execute_notebooks.py runs every page of _toc.yml that has code (.ipynb chapters and
-#      MyST .md notebooks), $(JOBS) kernels at a time, in fast mode, and stores the executed
-#      notebooks in the fast build's jupyter-cache; a cell that raises fails here, traceback shown.
-#   2. book-fast builds from _build/fast/_config.yml, which is _config.yml with
-#      `execute_notebooks: cache`: every page takes its outputs from that cache (warnings are
-#      errors, so a page that somehow had to execute again and failed still fails the build).
-#   3. the unit tests execute no notebook; tests/test_notebooks_clean.py checks that notebooks
-#      are stored without outputs. The browser test opens the pages of that fast build.
-# `make book` (readers, the published site) keeps _config.yml's `execute_notebooks: force`.
+# Each notebook executes exactly once per run, by nbval (tests/nbval_cache.py says how):
+#   1. notebooks-fast: pytest with nbval (`--nbval-lax --nbval-current-env`) runs every code cell of
+#      every .ipynb chapter of _toc.yml as a test item, $(JOBS) notebooks at a time (xdist
+#      `--dist loadfile`: a notebook's cells stay on one worker and its kernel), each kernel in the
+#      notebook's folder with one torch thread, in fast mode; a failing cell fails pytest with
+#      nbval's report (notebook, cell, traceback). The plugin tests/nbval_cache.py stores each
+#      notebook that passed, with nbval's outputs, in the fast build's jupyter-cache and writes
+#      _build/fast/_config.yml (_config.yml with `execute_notebooks: cache`).
+#   2. book-fast builds from that config: every .ipynb page takes its outputs from the cache (the
+#      step fails if the build log shows a notebook executed again). The two MyST pages with code
+#      (book/intro.md, book/model_cards.md) are not notebooks nbval collects: the build executes
+#      them, once, a few seconds each. Warnings are errors.
+#   3. the unit tests execute no notebook (no --nbval flag: nbval collects nothing);
+#      tests/test_notebooks_clean.py checks that notebooks are stored without outputs.
+#      The browser test opens every page of the fast build.
+# `make book` (readers) takes the same path in full mode: notebooks-full (nbval, $(JOBS) at a time,
+# full mode) fills _build/.jupyter_cache, then the build reads it via _build/full/_config.yml.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -27,11 +34,19 @@ MATHJAX_DIR := _build/.mathjax/mathjax
 FAST_DIR    := _build/fast
 FAST_HTML   := $(FAST_DIR)/_build/html
 FAST_ENV    := DIFFUSION_TUTORIAL_FAST=1 DIFFUSION_TUTORIAL_TEXT_PROGRESS=1
+FULL_DIR    := _build/full
+# nbval with the cell timeout of _config.yml (execute: timeout:); tests/nbval_cache.py fills the
+# build cache. `python -m` puts the repository on sys.path, so that `-p tests.nbval_cache` imports.
+CELL_TIMEOUT := $(shell sed -n 's/^  timeout: *\([0-9][0-9]*\).*/\1/p' _config.yml)
+NBVAL = $(BIN)/python -m pytest -p tests.nbval_cache --nbval-lax --nbval-current-env \
+	--nbval-cell-timeout=$(CELL_TIMEOUT) -n $(JOBS) --dist loadfile --no-loadscope-reorder
+# A build that executes an .ipynb page itself did not find it in the cache: it ran twice.
+RAN_TWICE = grep -a "Executing notebook" $(1) | grep -a "\.ipynb"
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
 
-.PHONY: help venv book book-fast notebooks-fast mathjax test lint unit quick browser lab clean
+.PHONY: help venv book book-fast notebooks-fast notebooks-full mathjax test lint unit quick browser lab clean
 
 help:
 	@sed -n '2,6p' Makefile
@@ -58,25 +73,31 @@ $(MATHJAX_DIR)/tex-chtml.js: $(STAMP)
 	rm -rf $(MATHJAX_DIR) && mkdir -p $(dir $(MATHJAX_DIR))
 	cp -r "$$($(BIN)/python -c 'import mathjax, pathlib; print(pathlib.Path(mathjax.__file__).parent / "static/mathjax/es5")')" $(MATHJAX_DIR)
 
-# Full mode: what readers get. Every notebook is executed by the build itself.
-book: $(STAMP) mathjax
-	DIFFUSION_TUTORIAL_TEXT_PROGRESS=1 $(BIN)/jupyter-book build . -W -n --keep-going
-	@echo "Book built: $(CURDIR)/_build/html/index.html"
+# Full mode: what readers get. nbval executes the notebooks ($(JOBS) at a time) into the full
+# build's cache, then the build takes their outputs from it (and executes the two .md pages).
+notebooks-full: $(STAMP)
+	@t0=$$(date +%s); DIFFUSION_TUTORIAL_TEXT_PROGRESS=1 $(NBVAL) --book-cache _build/.jupyter_cache \
+		--book-config-out $(FULL_DIR)/_config.yml notebooks; \
+		rc=$$?; echo "TIME notebooks, full mode (nbval, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
+
+book: notebooks-full mathjax
+	@t0=$$(date +%s); DIFFUSION_TUTORIAL_TEXT_PROGRESS=1 $(BIN)/jupyter-book build . \
+		--config $(FULL_DIR)/_config.yml -W -n --keep-going 2>&1 | tee $(FULL_DIR)/build.log; \
+		rc=$$?; echo "TIME book build (outputs from the cache): $$(( $$(date +%s) - t0 )) s, status $$rc"; \
+		if $(call RAN_TWICE,$(FULL_DIR)/build.log); then echo "ERROR: the build executed the notebooks above again"; rc=1; fi; \
+		[ $$rc = 0 ] && echo "Book built: $(CURDIR)/_build/html/index.html"; exit $$rc
 
 # Fast mode, into its own folder (and its own cache) so it never mixes with the full build.
 notebooks-fast: $(STAMP)
-	@t0=$$(date +%s); $(FAST_ENV) $(BIN)/python scripts/execute_notebooks.py --jobs $(JOBS) \
-		--cache $(FAST_DIR)/_build/.jupyter_cache --config-out $(FAST_DIR)/_config.yml \
-		--reports $(FAST_DIR)/reports; \
-		rc=$$?; echo "TIME notebooks (executed once, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
+	@t0=$$(date +%s); $(FAST_ENV) $(NBVAL) --book-cache $(FAST_DIR)/_build/.jupyter_cache \
+		--book-config-out $(FAST_DIR)/_config.yml notebooks; \
+		rc=$$?; echo "TIME notebooks (nbval, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
 
-# The build log names any page the build had to execute itself (its cache entry did not match).
 book-fast: notebooks-fast mathjax
 	@t0=$$(date +%s); $(FAST_ENV) $(BIN)/jupyter-book build . --config $(FAST_DIR)/_config.yml \
 		-W -n --keep-going --path-output $(FAST_DIR) 2>&1 | tee $(FAST_DIR)/build.log; \
 		rc=$$?; echo "TIME fast-mode book build (outputs from the cache): $$(( $$(date +%s) - t0 )) s, status $$rc"; \
-		! grep -a "Executing notebook" $(FAST_DIR)/build.log \
-		|| echo "NOTE: the build executed the pages above a second time (not found in the cache)"; \
+		if $(call RAN_TWICE,$(FAST_DIR)/build.log); then echo "ERROR: the build executed the notebooks above again"; rc=1; fi; \
 		[ $$rc = 0 ] && echo "Fast-mode book built: $(CURDIR)/$(FAST_HTML)/index.html"; exit $$rc
 
 lint: $(STAMP)
