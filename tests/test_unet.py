@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -118,8 +119,6 @@ def test_bad_input_raises_value_error(x_shape, t, y, match):
 @pytest.mark.parametrize(
     ("t", "y"),
     [
-        ([1.5, 2.0], None),  # fractional t
-        ([1.0, 2.0], None),  # float t: book indices are integers
         ([1, 2], [True, False]),  # bool labels are not class labels
         ([1, 2], [0.0, 1.0]),  # float labels
     ],
@@ -128,6 +127,72 @@ def test_non_integer_t_or_y_raises_type_error(t, y):
     model = UNet(UNetConfig(**TINY, num_classes=10)).eval()
     with pytest.raises(TypeError, match="integer"):
         model(torch.zeros(2, 1, 28, 28), torch.tensor(t), None if y is None else torch.tensor(y))
+
+
+def _old_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """The embedding as the shipped models were trained with it: int64 t cast to float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, dtype=torch.float32) / half)
+    angles = t.to(torch.float32)[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+@pytest.mark.parametrize("name", ["mnist", "mnist-cond"])
+def test_shipped_models_give_todays_output_bit_for_bit_at_integer_t(name):
+    """Integer t as int64 (the old path), float32 and float64 gives the same output, torch.equal.
+
+    The embedding the network sees at int64 t is also checked against the formula as it was
+    before fractional t existed (a forward hook on ``time_mlp``), so the shipped checkpoints
+    see exactly the inputs they were trained on.
+    """
+    from diffusion_tutorial import pretrained
+
+    model, _ = pretrained.load(name)
+    g = torch.Generator().manual_seed(0)
+    t = torch.tensor([1, 2, 17, 500, 999, 1000])
+    x_t = torch.randn(len(t), 1, 28, 28, generator=g)
+    y = torch.arange(len(t)) % 11 if name == "mnist-cond" else None  # 10 = the null class
+    seen = []
+    hook = model.time_mlp.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        old = model(x_t, t, y)
+        for dtype in (torch.float32, torch.float64):
+            assert torch.equal(model(x_t, t.to(dtype), y), old), dtype
+    hook.remove()
+    assert torch.equal(seen[0], _old_embedding(t, seen[0].shape[1]))
+    assert all(torch.equal(e, seen[0]) for e in seen[1:])
+
+
+def test_fractional_t_lies_between_its_neighbours(generator):
+    """A fractional t is a point between grid times: the output moves continuously from t to t + 1."""
+    model = randomise(UNet(UNetConfig(**SMALL)), generator)
+    x_t = torch.randn(1, 1, 8, 8, generator=generator).expand(5, -1, -1, -1)
+    t = torch.tensor([500.0, 500.25, 500.5, 500.75, 501.0])
+    with torch.no_grad():
+        out = model(x_t, t)
+    steps = (out[1:] - out[:-1]).flatten(1).norm(dim=1)  # (4,)
+    assert (steps > 0).all()  # a fractional t is not rounded to a grid time
+    # Smooth in t: four quarter steps, each about a quarter of the whole move (not a jump).
+    assert steps.max() < 0.5 * (out[-1] - out[0]).norm()
+
+
+@pytest.mark.parametrize("t", [0.5, 1000.5, -1.0, float("nan")])
+@pytest.mark.parametrize("net", ["unet", "mlp"])
+def test_out_of_range_fractional_t_names_t_and_the_range(t, net):
+    if net == "unet":
+        model, x_t = UNet(UNetConfig(**SMALL)).eval(), torch.zeros(2, 1, 8, 8)
+    else:
+        model, x_t = MLPDenoiser(MLPConfig(hidden=32)), torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"t must be a book time in \[1, 1000\]"):
+        model(x_t, torch.tensor([2.0, t]))
+
+
+def test_mlp_float_t_holding_integers_is_bit_identical(generator):
+    model = randomise(MLPDenoiser(MLPConfig(hidden=32)), generator)
+    x_t = torch.randn(4, 2, generator=generator)
+    t = torch.tensor([1, 10, 999, 1000])
+    assert torch.equal(model(x_t, t.double()), model(x_t, t))
+    assert not torch.equal(model(x_t, t + 0.5 * (t < 1000)), model(x_t, t))
 
 
 def test_unconditional_model_rejects_labels():

@@ -1,6 +1,7 @@
 """What every denoising network shares: the sinusoidal time embedding and the label check.
 
-Times are checked by the package's one time validator, ``checks.check_time_indices``.
+Times are checked by ``core.time.check_book_times``: integer book indices through the package's
+one index validator, ``checks.check_time_indices``, or fractional book times (float tensors).
 Book: The denoising network (Part 2). Vaswani et al. 2017 (sinusoidal embedding); Ho et al. 2020,
 Appendix B.
 """
@@ -21,6 +22,9 @@ def sinusoidal_embedding(
 ) -> torch.Tensor:
     """Map times t (B,) to [sin(t w_k), cos(t w_k)] with w_k = max_period**(-k/(dim/2)); (B, dim).
 
+    ``t`` may be integer (book indices) or fractional (a float tensor): both are cast to the
+    working dtype first, so a float tensor holding integer values gives the integer embedding
+    bit for bit (float32 holds every integer up to 2**24 exactly).
     Computed in float32 (float64 when ``dtype`` is float64) and returned in ``dtype``, so a network
     cast with ``.double()`` or ``.half()`` gets an embedding in its own dtype; for float32 the
     result is the same, bit for bit, as before ``dtype`` existed.

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion_tutorial.checks import check_positive_int, check_time_indices
+from diffusion_tutorial.checks import check_positive_int
+from diffusion_tutorial.core.time import check_book_times
 from diffusion_tutorial.networks.embedding import (
     check_input_dtype,
     sinusoidal_embedding,
@@ -68,12 +69,16 @@ class MLPDenoiser(nn.Module):
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Predict the noise eps_hat (B, D) from x_t (B, D) and book indices t (B,)."""
+        """Predict the noise eps_hat (B, D) from x_t (B, D) and book times t (B,).
+
+        ``t`` as for :meth:`UNet.forward`: int64 indices 1..T, or a float tensor of fractional
+        book times in [1, T] (points between the grid times the model was trained on).
+        """
         cfg = self.config
         if x_t.ndim != 2 or x_t.shape[1] != cfg.dim:
             raise ValueError(f"x_t must have shape (B, {cfg.dim}), got {tuple(x_t.shape)}")
         check_input_dtype(x_t, self.lin_in.weight)
-        t = check_time_indices("t", t, x_t.shape[0], 1, cfg.T, x_t.device)  # (B,)
+        t = check_book_times("t", t, x_t.shape[0], 1, cfg.T, x_t.device)  # (B,)
         emb = self.time_mlp(sinusoidal_embedding(t, cfg.hidden, dtype=x_t.dtype))  # (B, hidden)
         if self.class_emb is not None:
             emb = emb + self.class_emb(validate_y(y, x_t.shape[0], cfg.num_classes, x_t.device))
