@@ -269,3 +269,141 @@ def test_kernel_distance_is_unbiased_and_matches_the_polynomial_mmd(generator):
     xy = sum(k(x[i], y[j]) for i in range(7) for j in range(5)) / 35
     assert metrics.kernel_distance(x, y) == pytest.approx((xx + yy - 2 * xy).item(), rel=1e-6)
     assert metrics.kernel_distance(x, y + 1.0) > metrics.kernel_distance(x, y)
+
+
+# ------------------------------------------------------- reliability II (issue 23): metrics
+
+
+def _images(n: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, 1, 28, 28, generator=generator) * 2 - 1  # (n, 1, 28, 28) in [-1, 1]
+
+
+@pytest.mark.parametrize("scale", [255.0, 1e6])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda clf, x: metrics.confident_fraction(clf, x),
+        lambda clf, x: metrics.class_accuracy(clf, x, torch.zeros(len(x), dtype=torch.int64)),
+        lambda clf, x: classifier_features(clf, x),
+        lambda clf, x: classifier_probs(clf, x),
+    ],
+)
+def test_classifier_metrics_refuse_images_outside_minus_one_one(call, scale, generator):
+    # Silently wrong before: images in [0, 255] gave confidence 1.0 and accuracy 0.0.
+    x = torch.rand(4, 1, 28, 28, generator=generator) * scale
+    with pytest.raises(ValueError, match=r"images.*\[-1, 1\]"):
+        call(MNISTClassifier().eval(), x)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda clf, x: metrics.confident_fraction(clf, x),
+        lambda clf, x: metrics.class_accuracy(clf, x, torch.zeros(0, dtype=torch.int64)),
+        lambda clf, x: classifier_features(clf, x),
+    ],
+)
+def test_classifier_metrics_refuse_zero_images(call):
+    # NaN before: the mean over no images.
+    with pytest.raises(ValueError, match=r"images must hold at least one image.*\(0, 1, 28, 28\)"):
+        call(MNISTClassifier().eval(), torch.zeros(0, 1, 28, 28))
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "error", "match"),
+    [
+        (
+            torch.full((8, 1, 28, 28), math.nan),
+            torch.zeros(8, dtype=torch.int64),
+            ValueError,
+            "images.*NaN",
+        ),
+        (
+            torch.zeros(8, 1, 28, 28),
+            torch.zeros(5, dtype=torch.int64),
+            ValueError,
+            r"labels.*\(8,\)",
+        ),
+        (torch.zeros(8, 1, 28, 28), torch.full((8,), 12), ValueError, r"labels.*0\.\.9.*12"),
+        (torch.zeros(8, 1, 28, 28), torch.zeros(8), TypeError, "labels.*integer"),
+    ],
+)
+def test_train_classifier_refuses_nan_images_and_bad_labels(images, labels, error, match):
+    # NaN weights before (NaN images); IndexError or a torch message before (labels).
+    with pytest.raises(error, match=match):
+        train_classifier(images, labels, epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.bfloat16])
+def test_mnist_fid_converts_images_to_the_classifiers_dtype(dtype, generator):
+    # torch's "Input type (double) and bias type (float)" before.
+    clf = MNISTClassifier().eval()
+    x, ref = _images(16, generator), _images(16, generator)
+    expected = metrics.mnist_fid(x, ref, clf)
+    got = metrics.mnist_fid(x.to(dtype), ref.to(dtype), clf)
+    # Rounding the inputs to float16/bfloat16 (relative 2**-8) moves the features by ~1e-2 of
+    # their scale; float64 rounds back to the same float32 values exactly.
+    assert got == pytest.approx(expected, rel=0 if dtype == torch.float64 else 0.1)
+
+
+@pytest.mark.parametrize("h", [1e-200, 1e-310, 5e-324])
+def test_mmd2_with_a_bandwidth_that_underflows_is_the_delta_kernel_limit(h, generator):
+    # NaN before: 2 h^2 underflowed to 0 and 0 / 0 sat on the diagonal. As h -> 0 the RBF kernel
+    # becomes 1 on equal points and 0 elsewhere, so MMD^2_u of distinct points is exactly 0 and
+    # a set sharing a point with y counts it in the cross term.
+    x, y = torch.randn(6, 2, generator=generator), torch.randn(5, 2, generator=generator)
+    assert metrics.mmd2_rbf(x, y, bandwidths=(h,)) == 0.0
+    assert metrics.mmd2_rbf(x, y, bandwidths=(h,)) == metrics.mmd2_rbf(x, y, bandwidths=(1e-6,))
+    y[0] = x[0]  # one shared point: the cross term is -2 * 1 / (6 * 5)
+    assert metrics.mmd2_rbf(x, y, bandwidths=(h,)) == pytest.approx(-2 / 30, rel=1e-12)
+
+
+def test_mmd2_accepts_one_bandwidth_as_a_number(generator):
+    x, y = torch.randn(6, 2, generator=generator), torch.randn(5, 2, generator=generator)
+    assert metrics.mmd2_rbf(x, y, bandwidths=1.0) == metrics.mmd2_rbf(x, y, bandwidths=(1.0,))
+    with pytest.raises(TypeError, match="bandwidth"):
+        metrics.mmd2_rbf(x, y, bandwidths="1.0")
+
+
+def test_kernel_distance_refuses_features_whose_kernel_overflows(generator):
+    # NaN before: (a . b / d + 1)^3 overflows float64 and inf - inf = NaN.
+    f1, f2 = torch.randn(6, 3, generator=generator), torch.randn(5, 3, generator=generator)
+    with pytest.raises(ValueError, match="features.*overflow.*float64"):
+        metrics.kernel_distance(f1.double() * 1e110, f2.double() * 1e110)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a, b: metrics.kernel_distance(a, b),
+        lambda a, b: metrics.frechet_distance(a, b),
+        lambda a, b: metrics.sliced_wasserstein(a, b),
+        lambda a, b: metrics.mmd2_rbf(a, b),
+    ],
+)
+def test_zero_dimensional_features_are_refused(call):
+    # NaN (kernel_distance divided by d = 0) or a silent 0 before.
+    with pytest.raises(ValueError, match=r"shape \(N, D\) with N >= \d+ and D >= 1.*\(5, 0\)"):
+        call(torch.zeros(5, 0), torch.zeros(5, 0))
+
+
+def test_sliced_wasserstein_in_float16_with_unequal_sizes(generator):
+    # torch.quantile refused float16 before ("quantile() input tensor must be either float or
+    # double dtype"). The result must agree with float32 up to float16 rounding of the points.
+    x, y = torch.randn(40, 2, generator=generator), torch.randn(30, 2, generator=generator) + 1
+    expected = metrics.sliced_wasserstein(x, y, generator=torch.Generator().manual_seed(0))
+    got = metrics.sliced_wasserstein(x.half(), y.half(), generator=torch.Generator().manual_seed(0))
+    assert got == pytest.approx(expected, rel=1e-2)  # float16 inputs: relative error ~1e-3
+
+
+def test_gaussian_frechet_distance_accepts_lists_and_arrays():
+    import numpy as np
+
+    expected = metrics.gaussian_frechet_distance(
+        torch.tensor([0.0, 1.0]), torch.eye(2), torch.tensor([1.0, 1.0]), 2 * torch.eye(2)
+    )
+    assert metrics.gaussian_frechet_distance(
+        [0.0, 1.0], np.eye(2), (1.0, 1.0), [[2.0, 0.0], [0.0, 2.0]]
+    ) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(TypeError, match="mu1 must be"):
+        metrics.gaussian_frechet_distance("ab", torch.eye(2), [1.0, 1.0], torch.eye(2))

@@ -28,14 +28,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion_tutorial.checks import (
+    check_float_in_range,
     check_float_tensor,
     check_int_in_range,
     check_labels,
     check_positive_int,
+    check_values_in,
 )
 from diffusion_tutorial.runtime import tqdm
 
 __all__ = [
+    "IMAGE_RANGE_TOL",
     "ClassifierConfig",
     "MNISTClassifier",
     "train_classifier",
@@ -43,6 +46,11 @@ __all__ = [
     "classifier_features",
     "classifier_probs",
 ]
+
+IMAGE_RANGE_TOL = 1e-3
+"""How far outside [-1, 1] images given to the classifier may stray (float rounding only): images in
+[0, 1] or [0, 255], or unclipped samples, are refused with a clear error (they would get confident,
+wrong predictions: confidence 1.0 and accuracy 0.0 for [0, 255] digits)."""
 
 
 @dataclass
@@ -97,23 +105,30 @@ class MNISTClassifier(nn.Module):
         return self.head(self.features(x))  # (B, 10)
 
 
-def _check_images(x: torch.Tensor) -> torch.Tensor:
-    check_float_tensor("images", x)
+def _check_images(x: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Raise unless ``x`` is a float batch (N >= 1, 1, 28, 28) of finite values in [-1, 1]."""
+    check_float_tensor(name, x)
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"images must have shape (N, 1, 28, 28), got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape (N, 1, 28, 28), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one image, got shape {tuple(x.shape)}")
+    check_values_in(f"{name} (scale to [-1, 1] and clamp)", x, -1.0, 1.0, tol=IMAGE_RANGE_TOL)
     return x
 
 
 def _batched(classifier: nn.Module, fn, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Apply ``fn`` in eval mode and no-grad over batches, on the classifier's device."""
+    """Apply ``fn`` in eval mode and no-grad over batches, on the classifier's device and dtype
+    (float16 or float64 images are converted, as a sampler's output may be either)."""
     _check_images(images)
     check_positive_int("batch_size", batch_size)
-    device = next(classifier.parameters()).device
+    param = next(classifier.parameters())
     was_training = classifier.training
     classifier.eval()
     try:
         with torch.no_grad():
-            outs = [fn(b.to(device)).float().cpu() for b in images.split(batch_size)]
+            outs = [
+                fn(b.to(param.device, param.dtype)).float().cpu() for b in images.split(batch_size)
+            ]
     finally:
         classifier.train(was_training)
     return torch.cat(outs)
@@ -156,11 +171,15 @@ def train_classifier(
     """Train :class:`MNISTClassifier` with cross-entropy, AdamW and a cosine learning-rate decay.
 
     ``generator`` seeds the initial weights, the shuffling and ±2-pixel random shifts (a light
-    augmentation that lifts test accuracy above 99 %). Runs on ``images``' device.
+    augmentation that lifts test accuracy above 99 %). Runs on ``images``' device. ``images``:
+    (N, 1, 28, 28) finite, in [-1, 1]; ``labels``: integer (N,) in 0..num_classes-1.
     """
     _check_images(images)
+    config = config if config is not None else ClassifierConfig()
+    labels = check_labels("labels", labels, images.shape[0], config.num_classes - 1, images.device)
     check_positive_int("epochs", epochs)
     check_positive_int("batch_size", batch_size)
+    check_float_in_range("lr", lr, 0.0, None, low_open=True)
     device = images.device
     seed = int(torch.randint(2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):  # seed the weight init without touching global RNG

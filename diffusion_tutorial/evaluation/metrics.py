@@ -14,6 +14,8 @@ Book: Evaluating samples.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -26,7 +28,12 @@ from diffusion_tutorial.checks import (
     check_values_in,
 )
 from diffusion_tutorial.data import mnist
-from diffusion_tutorial.evaluation.classifier import accuracy, classifier_features, classifier_probs
+from diffusion_tutorial.evaluation.classifier import (
+    IMAGE_RANGE_TOL,
+    accuracy,
+    classifier_features,
+    classifier_probs,
+)
 
 __all__ = [
     "MNIST_FID_NAME",
@@ -49,8 +56,10 @@ MNIST_FID_NAME = "MNIST-FID (own classifier features)"
 
 def _check_points(name: str, x: object, min_n: int = 1) -> torch.Tensor:
     check_float_tensor(name, x)
-    if x.ndim != 2 or x.shape[0] < min_n:
-        raise ValueError(f"{name} must have shape (N, D) with N >= {min_n}, got {tuple(x.shape)}")
+    if x.ndim != 2 or x.shape[0] < min_n or x.shape[1] < 1:
+        raise ValueError(
+            f"{name} must have shape (N, D) with N >= {min_n} and D >= 1, got {tuple(x.shape)}"
+        )
     return check_finite(name, x)
 
 
@@ -81,6 +90,8 @@ def sliced_wasserstein(
     """
     x, y = _check_pair(x, y)
     n_projections = check_positive_int("n_projections", n_projections)
+    dtype = torch.promote_types(x.dtype, torch.float32)  # torch.quantile needs float32 or float64
+    x, y = x.to(dtype), y.to(dtype)
     theta = torch.randn(x.shape[1], n_projections, generator=generator)  # (D, P)
     theta = (theta / theta.norm(dim=0, keepdim=True)).to(x.device, x.dtype)
     px = (x @ theta).sort(dim=0).values  # (N, P)
@@ -93,25 +104,34 @@ def sliced_wasserstein(
 
 
 def mmd2_rbf(
-    x: torch.Tensor, y: torch.Tensor, *, bandwidths: Sequence[float] = (0.1, 0.3, 1.0)
+    x: torch.Tensor, y: torch.Tensor, *, bandwidths: Sequence[float] | float = (0.1, 0.3, 1.0)
 ) -> float:
     """Unbiased squared MMD with k(a, b) = mean_l exp(-|a - b|^2 / (2 h_l^2)), h_l in ``bandwidths``.
 
     MMD^2_u = sum_{i!=j} k(x_i, x_j) / (N(N-1)) + sum_{i!=j} k(y_i, y_j) / (M(M-1))
               - 2 sum_{i,j} k(x_i, y_j) / (N M).
     Unbiased, so it is ~0 (and can be slightly negative) when both sets come from one
-    distribution. Several bandwidths catch both fine and coarse differences.
+    distribution. Several bandwidths catch both fine and coarse differences; one number is
+    one bandwidth. The kernel is computed as exp(-(|a - b| / h)^2 / 2), so that a bandwidth
+    whose square underflows gives the limit (1 on equal points, 0 elsewhere), not 0 / 0.
     Book: Evaluating samples. Gretton et al. 2012, Lemma 6 (eq. 3).
     """
     x, y = _check_pair(x, y, min_n=2)
+    if isinstance(bandwidths, numbers.Real) and not isinstance(bandwidths, bool):
+        bandwidths = (bandwidths,)
+    if isinstance(bandwidths, (str, bytes)) or not hasattr(bandwidths, "__iter__"):
+        raise TypeError(
+            f"bandwidths must be a positive number or a sequence of them, got {bandwidths!r}"
+        )
     hs = [check_float_in_range("bandwidth", h, 0.0, None, low_open=True) for h in bandwidths]
     if not hs:
         raise ValueError("bandwidths must contain at least one positive number")
     x, y = x.double(), y.double()
 
     def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        d2 = torch.cdist(a, b).pow(2)  # (Na, Nb)
-        return torch.stack([torch.exp(-d2 / (2 * h * h)) for h in hs]).mean(0)  # (Na, Nb)
+        # Exact distances (no |a|^2 + |b|^2 - 2 a.b shortcut): equal points are at distance 0.
+        d = torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")  # (Na, Nb)
+        return torch.stack([torch.exp(-0.5 * (d / h) ** 2) for h in hs]).mean(0)  # (Na, Nb)
 
     n, m = x.shape[0], y.shape[0]
     k_xx, k_yy, k_xy = kernel(x, x), kernel(y, y), kernel(x, y)
@@ -175,10 +195,6 @@ PSD_RTOL = 1e-5
 ~1e-7 per entry, growing like sqrt(D)) stays well inside it; a covariance that is really not
 positive semi-definite (``-I``) does not."""
 
-IMAGE_RANGE_TOL = 1e-3
-"""How far outside [-1, 1] images given to :func:`mnist_fid` may stray (float rounding only):
-images in [0, 1] or [0, 255], or unclipped samples, are refused with a clear error."""
-
 
 def _check_covariance(name: str, c: torch.Tensor) -> torch.Tensor:
     """Raise ValueError unless ``c`` (float64) is finite, symmetric and PSD up to ``PSD_RTOL``."""
@@ -202,6 +218,20 @@ def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
     return (evecs * evals.clamp(min=0).sqrt()) @ evecs.T
 
 
+def _float64(name: str, v: object) -> torch.Tensor:
+    """``v`` (a tensor, array or list of numbers) as a float64 tensor, or a TypeError naming it."""
+    if isinstance(v, torch.Tensor):
+        return v.double()
+    try:
+        if isinstance(v, (str, bytes)):
+            raise TypeError
+        return torch.as_tensor(v, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"{name} must be a tensor, array or list of numbers, got {type(v).__name__}"
+        ) from err
+
+
 def gaussian_frechet_distance(
     mu1: torch.Tensor, cov1: torch.Tensor, mu2: torch.Tensor, cov2: torch.Tensor
 ) -> float:
@@ -211,10 +241,11 @@ def gaussian_frechet_distance(
     float64 through the symmetric form cov1^1/2 cov2 cov1^1/2 (its eigenvalues are those of
     cov1 cov2, but eigh is stable where a general matrix square root is not). Both covariances
     must be symmetric positive semi-definite (up to ``PSD_RTOL``), else ``ValueError``.
+    The four arguments may be tensors, NumPy arrays or (nested) lists of numbers.
     Book: Evaluating samples (Part 2). Heusel et al. 2017, eq. 6.
     """
-    mu1, mu2 = mu1.double().flatten(), mu2.double().flatten()
-    cov1, cov2 = cov1.double(), cov2.double()
+    mu1, mu2 = _float64("mu1", mu1).flatten(), _float64("mu2", mu2).flatten()
+    cov1, cov2 = _float64("cov1", cov1), _float64("cov2", cov2)
     d = mu1.shape[0]
     for name, c in (("cov1", cov1), ("cov2", cov2)):
         if c.shape != (d, d):
@@ -256,7 +287,15 @@ def kernel_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     n, m = f1.shape[0], f2.shape[0]
     term11 = (k11.sum() - k11.diagonal().sum()) / (n * (n - 1))  # i != j only: unbiased
     term22 = (k22.sum() - k22.diagonal().sum()) / (m * (m - 1))
-    return (term11 + term22 - 2 * k12.mean()).item()
+    kid = (term11 + term22 - 2 * k12.mean()).item()
+    if not math.isfinite(kid):  # inf - inf: the kernel overflowed
+        largest = max(f1.abs().max().item(), f2.abs().max().item())
+        raise ValueError(
+            f"features1 and features2 are too large for KID: the cubic kernel (a . b / d + 1)^3 "
+            f"overflows float64 (largest |feature| = {largest:.3g}; the kernel stays finite for "
+            f"|a . b| / d below ~5e102, which network features are far from)"
+        )
+    return kid
 
 
 # ----------------------------------------------------------------------------- MNIST (classifier)
