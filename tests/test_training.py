@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import diffusion_tutorial.training.step as one_step
 from diffusion_tutorial import pretrained
 from diffusion_tutorial.core.schedules import linear_schedule
-from diffusion_tutorial.training import build, loop
+from diffusion_tutorial.training import build
 from diffusion_tutorial.training.build import autocast_dtype
-from diffusion_tutorial.training.config import TrainConfig, learning_rate
+from diffusion_tutorial.training.config import TrainConfig
 from diffusion_tutorial.training.loop import batch_indices, train
+from diffusion_tutorial.training.step import learning_rate
 
 from .conftest import mnist_available
 
@@ -120,21 +122,21 @@ def test_a_loss_row_that_straddles_the_resume_point_equals_the_uninterrupted_row
 
 
 def test_cosine_lr_decay_warms_up_then_halves_at_midpoint_and_resumes_exactly(tmp_path):
-    cfg = TrainConfig(lr=1e-3, warmup_steps=4, steps=104, lr_decay="cosine")
-    lrs = [learning_rate(cfg, s) for s in range(cfg.steps)]
+    lrs = [learning_rate(s, lr=1e-3, steps=104, warmup_steps=4, cosine=True) for s in range(104)]
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])  # linear warm-up
     assert lrs[4] == pytest.approx(1e-3) and lrs[54] == pytest.approx(5e-4)  # cos(0), cos(pi/2)
     assert all(a > b for a, b in zip(lrs[4:-1], lrs[5:], strict=True)) and lrs[-1] > 0
-    assert learning_rate(TrainConfig(lr=1e-3, warmup_steps=4), 90) == 1e-3  # "none": constant
+    assert learning_rate(90, lr=1e-3, steps=104, warmup_steps=4) == 1e-3  # no decay: constant
     # A run logs the rate of each step it took, and a resumed run continues the same curve.
     whole = train(toy_config(tmp_path / "whole", lr_decay="cosine"))
     train(toy_config(tmp_path / "split", lr_decay="cosine", steps=3))
     second = train(toy_config(tmp_path / "split", lr_decay="cosine", resume=True))
     assert second.losses == whole.losses[3:]
     run = toy_config(tmp_path, lr_decay="cosine")
+    schedule = dict(lr=run.lr, steps=run.steps, warmup_steps=run.warmup_steps, cosine=True)
     logged = rows(tmp_path / "split" / "loss.csv")
     assert [float(r["lr"]) for r in logged] == pytest.approx(
-        [learning_rate(run, int(r["step"]) - 1) for r in logged], rel=1e-3
+        [learning_rate(int(r["step"]) - 1, **schedule) for r in logged], rel=1e-3
     )  # loss.csv keeps 4 significant digits
 
 
@@ -204,14 +206,14 @@ def test_bad_init_raises_before_the_folder_changes(tmp_path):
 
 def _nan_after(monkeypatch, good_steps: int) -> None:
     """Make the loss NaN from step good_steps + 1 on (NaN gradients, then NaN weights)."""
-    real, calls = loop.simple_loss, []
+    real, calls = one_step.simple_loss, []
 
     def nan_loss(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) > good_steps else loss
 
-    monkeypatch.setattr(loop, "simple_loss", nan_loss)
+    monkeypatch.setattr(one_step, "simple_loss", nan_loss)
 
 
 @pytest.mark.parametrize("grad_clip", [1.0, None])

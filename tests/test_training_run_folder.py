@@ -109,7 +109,8 @@ def test_a_damaged_checkpoint_gives_our_own_error(tmp_path, damage):
 _KILLER = """
 import os, signal, sys
 import torch
-from diffusion_tutorial.training import cli, loop
+from diffusion_tutorial.training import cli
+import diffusion_tutorial.training.step as one_step
 
 torch.set_num_threads(1)
 moment, at, calls = sys.argv[1], int(sys.argv[2]), []
@@ -118,13 +119,13 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if moment == "step":  # inside optimiser step `at`, after the checkpoint before it
-    real_loss = loop.simple_loss
+    real_loss = one_step.simple_loss
     def simple_loss(*args, **kwargs):
         calls.append(1)
         if len(calls) == at:
             die()
         return real_loss(*args, **kwargs)
-    loop.simple_loss = simple_loss
+    one_step.simple_loss = simple_loss
 else:  # while the `at`-th checkpoint is half written
     real_save = torch.save
     def save(obj, f, *args, **kwargs):

@@ -35,7 +35,7 @@ __all__ = [
 
 CHECKPOINT, LOSS_LOG = "checkpoint.pt", "loss.csv"
 _KEYS = ("step", "wall_time_s", "model", "ema", "optimizer", "scaler", "generator", "cpu_rng")
-_KEYS += ("cuda_rng", "train_config", "model_config")  # "loss_window": optional (older files)
+_KEYS += ("cuda_rng", "train_config", "model_config", "loss_window")
 
 
 def save_checkpoint(

@@ -11,7 +11,6 @@ Book: Training the U-Net (Part 2). Loshchilov & Hutter 2019 (AdamW).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any
 
@@ -22,7 +21,7 @@ from diffusion_tutorial.core.schedules import SCHEDULES
 from diffusion_tutorial.data import TOY_DATASETS
 from diffusion_tutorial.networks.unet import PRESETS
 
-__all__ = ["TrainConfig", "ConfigError", "LR_DECAYS", "PRECISIONS", "DATASETS", "learning_rate"]
+__all__ = ["TrainConfig", "ConfigError", "LR_DECAYS", "PRECISIONS", "DATASETS"]
 
 LR_DECAYS = ("none", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -229,19 +228,6 @@ def _check_field(field: dataclasses.Field, value: Any) -> None:
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
     except ValueError as err:
         raise ConfigError(str(err)) from err
-
-
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of optimiser step ``step`` (0-based): a linear warm-up over
-    ``cfg.warmup_steps``, then constant, or with ``lr_decay="cosine"`` a half cosine from
-    ``cfg.lr`` towards 0 at ``cfg.steps`` (Loshchilov and Hutter 2017, SGDR, without restarts:
-    a run started with ``--init`` from its own output restarts the curve). A function of the
-    step alone, so a resumed run continues the same curve."""
-    warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-    if cfg.lr_decay == "none" or step < cfg.warmup_steps:
-        return cfg.lr * warm
-    progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)  # in [0, 1)
-    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def resume_mismatches(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:

@@ -44,11 +44,11 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """theta_ema <- d theta_ema + (1 - d) theta, parameter by parameter."""
         d = self.current_decay()
-        ema_params = list(self.model.parameters())
-        params = [p.detach() for p in model.parameters()]
+        ema_params, params = list(self.model.parameters()), list(model.parameters())
         if len(ema_params) != len(params):
             raise ValueError("model does not match the EMA copy (different parameter count)")
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)  # one fused kernel, not one per tensor
+        for p_ema, p in zip(ema_params, params, strict=True):
+            p_ema.lerp_(p, 1.0 - d)  # p_ema + (1 - d) (p - p_ema) = d p_ema + (1 - d) p
         for b_ema, b in zip(self.model.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)
         self.num_updates += 1
@@ -67,4 +67,4 @@ class EMA:
         self.model.load_state_dict(state["model"])
         self.num_updates = int(state["num_updates"])
         self.decay = float(state["decay"])
-        self.warmup = bool(state.get("warmup", True))
+        self.warmup = bool(state["warmup"])

@@ -1,17 +1,16 @@
 """A small in-memory training loop for toy data: minimise L_simple with Adam on a tensor of points.
 
 The chapters of Part 2 train the :class:`~diffusion_tutorial.networks.mlp.MLPDenoiser` on a few
-thousand 2-D points in seconds with :func:`fit`. It is Ho et al. 2020, Algorithm 1, with one
-addition, a cosine decay of the learning rate to 0 (Loshchilov & Hutter 2017), which makes the final
-weights of a short run much less noisy; no warm-up, no EMA, no checkpoints (the full loop for MNIST
-is :mod:`.loop`).
+thousand 2-D points in seconds with :func:`fit`. Each step is Ho et al. 2020, Algorithm 1 (the
+:func:`~diffusion_tutorial.training.step.train_step` of the MNIST loop too), with one addition, a
+cosine decay of the learning rate to 0 (Loshchilov & Hutter 2017), which makes the final weights
+of a short run much less noisy; no warm-up, no EMA, no checkpoints (the full loop for MNIST is
+:mod:`.loop`).
 
 Book: Introduction (Part 2). Ho et al. 2020, Algorithm 1.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -22,9 +21,9 @@ from diffusion_tutorial.checks import (
     check_float_tensor,
     check_positive_int,
 )
-from diffusion_tutorial.core.losses import simple_loss
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.runtime import tqdm
+from diffusion_tutorial.training.step import learning_rate, train_step
 
 __all__ = ["fit"]
 
@@ -79,23 +78,17 @@ def fit(
 
     model.train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    # Cosine decay from lr towards 0 (Loshchilov & Hutter 2017): a function of the step only.
-    decay = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps))
-    )
     index_device = generator.device if generator is not None else x_0.device
     losses: list[float] = []
     bar = tqdm(range(steps), desc="fit", disable=not progress, mininterval=0.5)
-    for _ in bar:
+    for k in bar:
         # Step 1: a minibatch x_0 ~ q(x_0), here the empirical distribution of the given points.
         rows = torch.randint(x_0.shape[0], (batch_size,), generator=generator, device=index_device)
         batch = x_0[rows.to(x_0.device)]  # (B, ...)
-        # Steps 2-4: t, eps, and the gradient of || eps - eps_theta(x_t, t) ||^2 (in simple_loss).
-        loss = simple_loss(model, batch, schedule, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        decay.step()
+        # Steps 2-5: t, eps and a gradient step on || eps - eps_theta(x_t, t) ||^2, at the
+        # cosine-decayed learning rate of step k (Loshchilov & Hutter 2017).
+        optimizer.param_groups[0]["lr"] = learning_rate(k, lr=lr, steps=steps, cosine=True)
+        loss = train_step(model, batch, schedule, optimizer, generator=generator)
         losses.append(loss.item())
         if progress and len(losses) % 100 == 0:
             bar.set_postfix(loss=f"{sum(losses[-100:]) / 100:.4f}", refresh=False)
