@@ -10,7 +10,9 @@ tested against exact answers. With a_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - a
   map from time s to time t is x_t = a_t mean + m_t (x_s - a_s mean) / m_s (t = 0 included).
 
 The flow is exact for the continuous ODE through the schedule's (a_t, sigma_t) points; it does not
-depend on how time is parameterised between grid points. Computations run in float64 and the
+depend on how time is parameterised between grid points. ``GaussianData`` accepts fractional
+book times t (a float tensor): alpha_bar_t is then ``core.time.NoiseLevel.from_t(t, schedule)``'s,
+by interpolation in log-SNR, so the EDM samplers can be checked between grid times. Computations run in float64 and the
 result is cast to the input dtype.
 
 Book: Reverse process (the Gaussian case, Part 2). Song et al. 2021, eq. 13 (ODE).
@@ -34,6 +36,7 @@ from diffusion_tutorial.checks import (
     expand_like,
 )
 from diffusion_tutorial.core.schedules import NoiseSchedule
+from diffusion_tutorial.core.time import NoiseLevel, check_book_times
 
 __all__ = ["GaussianData", "GaussianMixtureData"]
 
@@ -69,9 +72,12 @@ class GaussianData:
         return (self.mean + self.std * eps).to(dtype)  # (n, *shape)
 
     def _coefs(self, t: torch.Tensor | int, schedule: NoiseSchedule, x: torch.Tensor, low: int):
-        t = check_time_indices("t", t, x.shape[0], low, schedule.T, x.device).cpu()  # (B,)
+        t = check_book_times("t", t, x.shape[0], low, schedule.T, x.device).cpu()  # (B,)
         xd = x.detach().to(device="cpu", dtype=torch.float64)  # (B, *shape)
-        alpha_bar = schedule.alpha_bar.cpu()[t]  # (B,)
+        if t.dtype.is_floating_point:  # a fractional book time: alpha_bar by the log-SNR rule
+            alpha_bar = NoiseLevel.from_t(t, schedule).alpha_bar()  # (B,)
+        else:
+            alpha_bar = schedule.alpha_bar.cpu()[t]  # (B,)
         a = expand_like(alpha_bar.sqrt(), xd)  # (B, 1, ..., 1)
         sigma2 = expand_like(1 - alpha_bar, xd)  # (B, 1, ..., 1)
         m = (a**2 * self.std**2 + sigma2).sqrt()  # (B, *shape): std of x_t
