@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -55,3 +59,97 @@ def test_x_T_is_the_benchmarks_draw():
         x, torch.randn((8, 1, 28, 28), generator=torch.Generator().manual_seed(1))
     )
     assert not torch.equal(x, sweep.sweep_x_T(2, n=8))
+
+
+# ------------------------------------------------------- reliability II (issue 23): readers
+ROW = {"seed": 0, "n": 8, "sampler": "ddpm", "fid": 1.0, "kid": 0.1}
+
+
+def _write_rows(path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def test_a_truncated_last_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path):
+    # One truncated line (a run killed mid-write) made the whole file unreadable before.
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(ROW) + "\n" + json.dumps({**ROW, "seed": 1})[:20])
+    with pytest.warns(UserWarning, match=f"{path}.*line 2.*truncated"):
+        rows = sweep.sweep_results(path)
+    assert rows == [ROW]
+
+
+def test_a_damaged_line_inside_the_file_names_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    _write_rows(path, [json.dumps(ROW), '{"seed": 1, "sampl', json.dumps({**ROW, "seed": 2})])
+    with pytest.raises(ValueError, match=f"{path}, line 2: not valid JSON"):
+        sweep.sweep_results(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"n": 8, "sampler": "ddpm", "fid": 1.0}, "line 1.*'seed'"),  # a KeyError later before
+        ({"seed": "0", "sampler": "ddpm"}, "line 1.*'seed' must be an int"),
+        ({"seed": 0, "sampler": 3}, "line 1.*'sampler' must be a string"),
+    ],
+)
+def test_a_row_missing_seed_or_sampler_names_file_and_line(tmp_path, row, match):
+    path = tmp_path / "r.jsonl"
+    _write_rows(path, [json.dumps(row)])
+    with pytest.raises(ValueError, match=match):
+        sweep.sweep_results(path)
+
+
+def test_a_duplicate_seed_and_sampler_row_is_refused(tmp_path):
+    # Silently wrong before: the later row won in sweep_fids.
+    path = tmp_path / "r.jsonl"
+    _write_rows(path, [json.dumps(ROW), json.dumps({**ROW, "fid": 9.0})])
+    with pytest.raises(ValueError, match=f"{path}, line 2.*seed 0.*'ddpm'.*line 1"):
+        sweep.sweep_results(path)
+    with pytest.raises(ValueError, match="seed 0.*'ddpm'.*twice"):
+        sweep.sweep_fids([ROW, {**ROW, "fid": 9.0}], "ddpm")
+
+
+def test_sweep_fids_names_a_missing_key():
+    with pytest.raises(KeyError, match="'floor_fid'.*seed 0.*'ddpm'"):
+        sweep.sweep_fids([ROW], "ddpm", key="floor_fid")
+
+
+@pytest.mark.parametrize("values", [[1.0, math.nan], [math.inf], [], ["1.0", 2.0]])
+def test_mean_sd_refuses_what_is_not_finite_numbers(values):
+    # A NaN fid gave (nan, nan) before; an empty list gave statistics' own error.
+    with pytest.raises((ValueError, TypeError), match="values"):
+        sweep.mean_sd(values)
+
+
+def _write_npz(folder, **arrays):
+    path = folder / "mnist_sweep_samples_seed0.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.random.default_rng(0).random((2, 28, 28)), "uint8.*float64"),  # rescaled before
+        (np.zeros((28,), dtype=np.uint8), r"\(K, 28, 28\).*\(28,\)"),  # 1-D accepted before
+        (np.zeros((2, 1, 28, 28), dtype=np.uint8), r"\(K, 28, 28\)"),
+    ],
+)
+def test_sweep_samples_refuses_arrays_that_are_not_uint8_images(tmp_path, array, match):
+    path = _write_npz(tmp_path, ddpm=array)
+    with pytest.raises(ValueError, match=f"{path}.*'ddpm'.*{match}"):
+        sweep.sweep_samples(0, tmp_path)
+
+
+def test_a_truncated_npz_names_its_path(tmp_path):
+    path = _write_npz(tmp_path, ddpm=np.zeros((2, 28, 28), dtype=np.uint8))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{path}.*damaged or truncated"):
+        sweep.sweep_samples(0, tmp_path)
+
+
+def test_uint8_samples_still_map_to_minus_one_one(tmp_path):
+    _write_npz(tmp_path, ddpm=np.array([[[0] * 28] * 27 + [[255] * 28]], dtype=np.uint8))
+    x = sweep.sweep_samples(0, tmp_path)["ddpm"]
+    assert x.shape == (1, 1, 28, 28) and x.min() == -1 and x.max() == 1
