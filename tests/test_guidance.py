@@ -273,3 +273,48 @@ def test_classifier_guidance_bad_arguments():
     clf = nn.Linear(2, 3).train()
     with pytest.raises(ValueError, match="eval"):
         x0_hat_classifier(exact_eps, clf, SCHED)
+
+
+# ------------------------------------------------------ reliability II (issue 23): guidance
+
+
+@pytest.mark.parametrize(
+    "classifier",
+    [
+        lambda x, t: torch.zeros(x.shape[0], 2, dtype=x.dtype),  # constant logits
+        lambda x, t: exact_classifier(x, t).detach(),  # the graph cut by .detach()
+    ],
+)
+def test_classifier_guidance_with_logits_that_ignore_x_t_is_a_clear_error(classifier):
+    # autograd's "element 0 of tensors does not require grad" before.
+    guided = classifier_guidance(exact_eps, classifier, torch.tensor([0, 1]), 1.0, SCHED)
+    x_t = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="classifier.*do not depend on x_t.*detach"):
+        guided(x_t, torch.tensor([10, 10]))
+
+
+@pytest.mark.parametrize(
+    ("x_t", "t", "match"),
+    [
+        (torch.zeros(3, 1, 8, 8), torch.tensor([1, 2]), r"t must have shape \(3,\).*got \(2,\)"),
+        (torch.zeros(3, 1, 8, 8), torch.tensor([[1, 2, 3]]), r"t must have shape \(3,\)"),
+        (torch.zeros(3, 1, 9, 9), torch.tensor([1, 2, 3]), r"x_t of shape \(3, 1, 9, 9\).*2B = 6"),
+    ],
+)
+def test_classifier_free_guidance_reports_the_callers_batch(model, x_t, t, match):
+    # The doubled internal batch (6,) was reported before, a shape the caller never passed.
+    guided = classifier_free_guidance(model, torch.tensor([1, 2, 3]), 2.0)
+    with pytest.raises(ValueError, match=match):
+        guided(x_t, t)
+
+
+def test_classifier_free_guidance_checks_the_models_output_shape(model):
+    class Cropping(nn.Module):
+        config = model.config
+
+        def forward(self, x, t, y):
+            return x[:, :, :4]  # a wrong shape, per half
+
+    guided = classifier_free_guidance(Cropping(), torch.tensor([1, 2, 3]), 2.0)
+    with pytest.raises(ValueError, match=r"shaped like x_t, \(3, 1, 8, 8\).*\(3, 1, 4, 8\)"):
+        guided(torch.zeros(3, 1, 8, 8), torch.tensor([1, 2, 3]))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from diffusion_tutorial.checks import check_float_in_range, check_labels
+from diffusion_tutorial.checks import check_float_in_range, check_labels, check_time_indices
 from diffusion_tutorial.core.parameterization import Model, x0_from_eps
 from diffusion_tutorial.core.schedules import NoiseSchedule
 
@@ -82,11 +82,25 @@ def classifier_free_guidance(
         B = x_t.shape[0]
         if B != y.shape[0]:
             raise ValueError(f"x_t has batch {B} but y has {y.shape[0]} labels")
+        # Check t against the caller's batch B: the model sees 2B and would report that.
+        T = getattr(model.config, "T", None)
+        t = check_time_indices("t", t, B, 1, T if T is not None else 2**62, x_t.device)  # (B,)
         labels = y.to(x_t.device)  # (B,)
         null = torch.full_like(labels, num_classes)  # (B,)
-        t = torch.as_tensor(t, device=x_t.device)
-        t2 = torch.cat([t, t]) if t.ndim == 1 else t  # (2B,) or a scalar
-        eps = model(torch.cat([x_t, x_t]), t2, torch.cat([labels, null]))  # (2B, ...)
+        try:
+            eps = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
+        except ValueError as err:  # e.g. a wrong image size, reported for the doubled batch
+            raise ValueError(
+                f"classifier_free_guidance: for your x_t of shape {tuple(x_t.shape)} the model "
+                f"is called on [x_t; x_t], a batch of 2B = {2 * B}, and refused it: {err}"
+            ) from err
+        if not isinstance(eps, torch.Tensor) or eps.shape != (2 * B, *x_t.shape[1:]):
+            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            half = (B, *got[1:]) if isinstance(got, tuple) and got and got[0] == 2 * B else got
+            raise ValueError(
+                f"model(x_t, t, y) must return a tensor shaped like x_t, {tuple(x_t.shape)}, for "
+                f"the conditional and the unconditional half; got {half} per half"
+            )
         eps_cond, eps_uncond = eps.chunk(2)  # each (B, ...)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)  # eps_u + s (eps_c - eps_u)
 
@@ -157,7 +171,15 @@ def classifier_log_prob_grad(
             )
         labels = check_labels("y", y, x.shape[0], logits.shape[1] - 1).to(logits.device)
         log_p = logits.log_softmax(dim=1).gather(1, labels[:, None]).sum()
-        (grad,) = torch.autograd.grad(log_p, x)
+        (grad,) = (
+            torch.autograd.grad(log_p, x, allow_unused=True) if log_p.requires_grad else (None,)
+        )
+    if grad is None:
+        raise ValueError(
+            "the classifier's logits do not depend on x_t (no gradient reaches it): "
+            "classifier(x_t, t) must compute its logits from x_t with autograd on, without "
+            ".detach(), torch.no_grad() or a round trip through NumPy"
+        )
     return grad.detach()
 
 
