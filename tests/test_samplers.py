@@ -15,11 +15,13 @@ from diffusion_tutorial.samplers import (
     ddim_invert,
     ddim_sample,
     ddpm_sample,
+    dpm_solver_3_exact_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
     leading_timesteps,
     logsnr_timesteps,
     quadratic_timesteps,
+    repaint_sample,
     uniform_timesteps,
 )
 
@@ -89,7 +91,8 @@ SAMPLERS = {
     ),
     "dpm1": lambda x, g: dpm_solver_sample(MODEL, SCHED, x, steps=100, order=1, progress=False),
     "dpm2": lambda x, g: dpm_solver_sample(MODEL, SCHED, x, steps=20, order=2, progress=False),
-    "dpm3": lambda x, g: dpm_solver_sample(MODEL, SCHED, x, steps=20, order=3, progress=False),
+    "dpm3m": lambda x, g: dpm_solver_sample(MODEL, SCHED, x, steps=20, order=3, progress=False),
+    "dpm3_exact": lambda x, g: dpm_solver_3_exact_sample(MODEL, SCHED, x, steps=20, progress=False),
     "sde2": lambda x, g: dpm_solver_sde_sample(
         MODEL, SCHED, x, steps=50, generator=g, progress=False
     ),
@@ -168,6 +171,7 @@ def _parabola_model(schedule, c):
     return model
 
 
+@pytest.mark.parametrize("curvature_weight", [1.0, 0.5], ids=["exact", "3M"])
 @pytest.mark.parametrize(
     "schedule, ts",
     [
@@ -177,19 +181,23 @@ def _parabola_model(schedule, c):
     ],
     ids=["h~1", "h~5e-3", "h~2.5e-4"],
 )
-def test_order3_integrates_a_parabola_in_lambda_exactly(schedule, ts):
-    """If x0_hat(lam) is a parabola, the order-3 step from t to s equals the exact solution
+def test_order3_integrates_a_parabola_in_lambda_exactly(schedule, ts, curvature_weight):
+    """If x0_hat(lam) is a parabola, the exact-parabola step from t to s equals the exact solution
     x_s = (sigma_s / sigma_t) x_t + sigma_s [F(lam_s) - F(lam_t)], F = e^lam (c0 + c1 (lam - 1)
     + c2 (lam^2 - 2 lam + 2)), for any step size: this checks I_1 and I_2 down to tiny h, where
-    their terms are ~1e-12 (a sign error anywhere in I_2 changes a step by ~h^3 / 3 > 1e-12)."""
+    their terms are ~1e-12 (a sign error anywhere in I_2 changes a step by ~h^3 / 3 > 1e-12).
+    The common 3M (``dpm_solver_sample(order=3)``) falls short of it by exactly (I_2 / 2) c2, with
+    I_2 = sqrt(alpha_bar_s) (h^2 - 2 h + 2 - 2 e^-h): half the curvature weight."""
     c = torch.tensor([[0.3, -0.5], [0.7, 0.2], [-0.4, 0.9]], dtype=torch.float64)
     seen = {}
-    dpm_solver_sample(
+    sampler = dpm_solver_3_exact_sample
+    if curvature_weight != 1.0:
+        sampler = lambda *a, **k: dpm_solver_sample(*a, order=3, **k)  # noqa: E731
+    sampler(
         _parabola_model(schedule, c),
         schedule,
         x_T(8, d=2),
         steps=len(ts) - 1,
-        order=3,
         timesteps=fixed(ts),
         callback=lambda i, t, x_t, x0_hat: seen.__setitem__(t, x_t),
         progress=False,
@@ -206,21 +214,29 @@ def test_order3_integrates_a_parabola_in_lambda_exactly(schedule, ts):
         h, a_s = lam[s] - lam[t], math.sqrt(alpha_bar[s])
         ratio = math.sqrt((1 - alpha_bar[s]) / (1 - alpha_bar[t]))
         exact = ratio * seen[t] + a_s * (poly(lam[s]) - math.exp(-h) * poly(lam[t]))
+        i2 = a_s * (h * h - 2 * h + 2 - 2 * math.exp(-h))
+        exact = exact - (1 - curvature_weight) * i2 * c[2]
         # float64 rounding of O(1) states over one step is ~1e-16; the I_2 term is >= 1e-12 here.
         torch.testing.assert_close(seen[s], exact, rtol=0, atol=1e-13)
 
 
 # ---------------------------------------------------------------- convergence to the exact ODE
 def _error_at(order, n, t_end=200):
-    """RMS error at t = 200 after n equal steps in t from T (grids nested when n doubles)."""
+    """RMS error at t = 200 after n equal steps in t from T (grids nested when n doubles).
+
+    ``order`` 1, 2, 3: ``dpm_solver_sample`` (3 = the common 3M); "3 exact": the exact parabola.
+    """
     ts = [1000 - k * (1000 - t_end) // n for k in range(n + 1)] + [0]
     seen = {}
-    dpm_solver_sample(
+    if order == "3 exact":
+        sampler = dpm_solver_3_exact_sample
+    else:
+        sampler = lambda *a, **k: dpm_solver_sample(*a, order=order, **k)  # noqa: E731
+    sampler(
         MODEL,
         SCHED,
         x_T(256),
         steps=n + 1,
-        order=order,
         timesteps=fixed(ts),
         callback=lambda i, t, x_t, x0_hat: seen.__setitem__(t, x_t),
         progress=False,
@@ -231,9 +247,24 @@ def _error_at(order, n, t_end=200):
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_convergence_rate_matches_order(order):
     """Halving the step size divides the error at t = 200 by about 2^order (float64, exact model)."""
-    errs = [_error_at(order, n) for n in (20, 40, 80)]
+    errs = [_error_at(order if order < 3 else "3 exact", n) for n in (20, 40, 80)]
     ratio = errs[1] / errs[2]
     assert 0.7 * 2**order < ratio < 1.4 * 2**order, errs
+
+
+@pytest.mark.parametrize(
+    "order, low, high",
+    [(3, 2.05, 2.4), ("3 exact", 2.85, 3.3)],
+    ids=["common 3M", "exact parabola"],
+)
+def test_order3_slopes_tell_the_two_apart(order, low, high):
+    """Fitted slope of log error against log step over 40, 80, 160 steps (float64, exact model):
+    the common 3M is second order in practice (measured 2.17: half the curvature weight leaves
+    an O(h^3) local error), the exact parabola third order (measured 3.01). Either with the
+    other's weight lands in the other's range."""
+    errs = [_error_at(order, n) for n in (40, 80, 160)]
+    slope = math.log2(errs[0] / errs[2]) / 2
+    assert low < slope < high, (slope, errs)
 
 
 def test_deterministic_samplers_approach_exact_endpoint():
@@ -241,7 +272,7 @@ def test_deterministic_samplers_approach_exact_endpoint():
     ref = DATA.ode_endpoint(x, SCHED)
     floor = rms(DATA.x0_hat(DATA.flow(x, 1000, 1, SCHED), 1, SCHED), ref)
     errs = [
-        rms(dpm_solver_sample(MODEL, SCHED, x, steps=n, order=3, progress=False), ref)
+        rms(dpm_solver_3_exact_sample(MODEL, SCHED, x, steps=n, progress=False), ref)
         for n in (10, 20, 50, 200)
     ]
     assert errs[0] > errs[1] > errs[2]
@@ -280,6 +311,7 @@ def test_low_precision_is_finite_and_keeps_dtype(dtype):
     for out in (
         ddim_sample(MODEL, SCHED, x, steps=10, eta=1.0, progress=False),
         dpm_solver_sample(MODEL, SCHED, x, steps=10, order=3, progress=False),
+        dpm_solver_3_exact_sample(MODEL, SCHED, x, steps=10, progress=False),
         dpm_solver_sde_sample(MODEL, SCHED, x, steps=10, progress=False),
     ):
         assert out.dtype == dtype and torch.isfinite(out).all()
@@ -395,3 +427,188 @@ def _nan_at(t_bad):
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+# ------------------------------------------- second-order D, eta between 0 and 1 (no diffusers)
+# Uneven lambda steps: h_prev / h ranges from 0.07 to 14 on this grid, so r = h_prev / h and 1 / r
+# (or a slope divided by h instead of h_prev) give different D. The log-SNR grid has h ~ h_prev.
+UNEVEN = [1000, 930, 700, 660, 420, 400, 150, 120, 30, 1, 0]
+
+
+@pytest.mark.parametrize("stochastic", [False, True], ids=["2M", "SDE-2M"])
+def test_second_order_D_is_the_line_at_the_middle_of_the_step(stochastic):
+    """If x0_hat(lam) = c0 + c1 lam exactly, Algorithm 2's D = (1 + 1/(2r)) x0_hat - (1/(2r))
+    x0_hat_prev with r = h_prev / h is the line at the middle of the step, c0 + c1 (lam_t + h/2),
+    on any grid. Each step is recomputed by hand from the state the callback saw, with that D
+    and (SDE) the same z drawn from a generator with the same seed: float64, so 1e-12."""
+    c = torch.tensor([[0.3, -0.5], [0.7, 0.2], [0.0, 0.0]], dtype=torch.float64)
+    model, seen = _parabola_model(SCHED, c), {}
+    kw = dict(steps=len(UNEVEN) - 1, timesteps=fixed(UNEVEN), progress=False)
+    kw["callback"] = lambda i, t, x_t, x0_hat: seen.__setitem__(t, x_t)
+    if stochastic:
+        dpm_solver_sde_sample(
+            model, SCHED, x_T(8, d=2), generator=torch.Generator().manual_seed(5), **kw
+        )
+    else:
+        dpm_solver_sample(model, SCHED, x_T(8, d=2), **kw)
+    lam, ab = SCHED.lam.tolist(), SCHED.alpha_bar.tolist()
+    g = torch.Generator().manual_seed(5)
+    for k, (t, s) in enumerate(zip(UNEVEN[:-2], UNEVEN[1:-1], strict=True)):
+        h = lam[s] - lam[t]
+        mid = lam[t] + h / 2 if k > 0 else lam[t]  # the first step is first order: D = x0_hat
+        D = c[0] + c[1] * mid
+        ratio = math.sqrt((1 - ab[s]) / (1 - ab[t]))  # sigma_s / sigma_t
+        if stochastic:  # the posterior of x_s given x_t and x_0 = D, written with lambda
+            z = torch.randn(8, 2, generator=g, dtype=torch.float64)
+            expected = (
+                ratio * math.exp(-h) * seen[t] + math.sqrt(ab[s]) * (1 - math.exp(-2 * h)) * D
+            )
+            expected = expected + math.sqrt(1 - ab[s]) * math.sqrt(1 - math.exp(-2 * h)) * z
+        else:
+            expected = ratio * seen[t] + math.sqrt(ab[s]) * (1 - math.exp(-h)) * D
+        torch.testing.assert_close(seen[s], expected, rtol=0, atol=1e-12, msg=f"step {t} -> {s}")
+
+
+@pytest.mark.parametrize("eta", [0.25, 0.5, 0.8])
+def test_ddim_noise_is_eta_times_the_posterior_std(eta):
+    """One DDIM step from t to t - 1 from one fixed x_t: the spread of x_{t-1} over fresh noise
+    is ddim_sigma^2 = eta^2 beta_tilde_t, the posterior variance of the schedule (eq. 16 with
+    s = t - 1; ``schedule.posterior_variance`` computes it apart from the sampler). 4000 copies
+    x 4 coordinates: the relative SE of a variance is sqrt(2 / 16000) = 1.1 %; 6 %
+    allows 5 SE. eta^2 instead of eta in eq. 16 would give eta^4 (off by 1 / eta^2 >= 1.5)."""
+    t, n = 300, 4000
+    x_t = x_T(1).expand(n, 4).clone()
+    seen = {}
+    ddim_sample(
+        MODEL,
+        SCHED,
+        x_t,
+        steps=2,
+        eta=eta,
+        generator=torch.Generator().manual_seed(8),
+        timesteps=fixed([t, t - 1, 0]),
+        callback=lambda i, t_, x, x0_hat: seen.__setitem__(t_, x),
+        progress=False,
+    )
+    var = seen[t - 1].var(0).mean().item()
+    expected = eta**2 * SCHED.posterior_variance[t].item()
+    assert abs(var / expected - 1) < 0.06, (var, expected)
+
+
+# ---------------------------------------------------------------- the project hook, every sampler
+SHORT = linear_schedule(40, 1e-3, 0.3)
+SHORT_MODEL = DATA.model(SHORT)
+
+
+def _g():
+    return torch.Generator().manual_seed(0)
+
+
+HOOKED = {
+    "ddpm": lambda x, p, m=SHORT_MODEL: ddpm_sample(
+        m, SHORT, x, generator=_g(), project=p, progress=False
+    ),
+    "ddim": lambda x, p, m=SHORT_MODEL: ddim_sample(
+        m, SHORT, x, steps=8, eta=0.5, generator=_g(), project=p, progress=False
+    ),
+    "dpm2m": lambda x, p, m=SHORT_MODEL: dpm_solver_sample(
+        m, SHORT, x, steps=8, project=p, progress=False
+    ),
+    "dpm3m": lambda x, p, m=SHORT_MODEL: dpm_solver_sample(
+        m, SHORT, x, steps=8, order=3, project=p, progress=False
+    ),
+    "dpm3_exact": lambda x, p, m=SHORT_MODEL: dpm_solver_3_exact_sample(
+        m, SHORT, x, steps=8, project=p, progress=False
+    ),
+    "sde": lambda x, p, m=SHORT_MODEL: dpm_solver_sde_sample(
+        m, SHORT, x, steps=8, generator=_g(), project=p, progress=False
+    ),
+    "repaint": lambda x, p, m=SHORT_MODEL: repaint_sample(
+        m, SHORT, x, p, steps=8, jump_length=2, resamplings=2, generator=_g(), progress=False
+    ),
+}
+
+
+@pytest.mark.parametrize("name", HOOKED)
+def test_project_is_applied_to_every_new_state_down_to_zero(name):
+    seen = []
+
+    def project(s, x_s):
+        seen.append(s)
+        return x_s.clamp(-0.1, 0.1)
+
+    out = HOOKED[name](x_T(8), project)
+    assert seen[-1] == 0 and out.abs().max() <= 0.1  # the returned sample is the projected one
+    assert seen == sorted(seen, reverse=True) or name == "repaint"
+
+
+def _hook_at_zero(value):
+    return lambda s, x_s: value(x_s) if s == 0 else x_s
+
+
+@pytest.mark.parametrize("name", HOOKED)
+@pytest.mark.parametrize(
+    "project, err, match",
+    [
+        (lambda s, x_s: x_s[:1], ValueError, r"project\(s, x_s\) returned shape \(1, 4\) at s = "),
+        (lambda s, x_s: x_s.flatten(1)[:, :2], ValueError, r"returned shape \(8, 2\)"),
+        (_hook_at_zero(lambda x: x * float("nan")), ValueError, r"returned NaN or inf at s = 0"),
+        (lambda s, x_s: None, TypeError, r"project\(s, x_s\) returned None at s = "),
+        (lambda s, x_s: x_s.tolist(), TypeError, r"returned a list"),
+        (lambda s, x_s: x_s > 0, TypeError, r"torch.bool"),
+    ],
+    ids=["batch", "flatten", "nan-at-0", "none", "list", "bool"],
+)
+def test_project_output_is_checked_like_a_model_output(name, project, err, match):
+    with pytest.raises(err, match=match):
+        HOOKED[name](x_T(8), project)
+
+
+@pytest.mark.parametrize("name", HOOKED)
+def test_project_that_is_not_callable_fails_before_the_first_model_call(name):
+    calls = []
+
+    def model(x_t, t):
+        calls.append(t)
+        return SHORT_MODEL(x_t, t)
+
+    with pytest.raises(TypeError, match="project must be a function"):
+        HOOKED[name](x_T(8), "mask", model)
+    assert calls == []
+
+
+@pytest.mark.parametrize("name", HOOKED)
+def test_float64_project_keeps_the_samplers_dtype(name):
+    """A hook that computes in float64 is cast back: the sample stays in the dtype of x_T."""
+    out = HOOKED[name](x_T(8, dtype=torch.float32), lambda s, x_s: x_s.double())
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", HOOKED)
+def test_identity_project_changes_nothing(name):
+    if name == "repaint":  # RePaint requires a hook; compare two identities instead
+        a = HOOKED[name](x_T(8), lambda s, x: x)
+        b = HOOKED[name](x_T(8), lambda s, x: x + 0.0)
+    else:
+        a, b = HOOKED[name](x_T(8), None), HOOKED[name](x_T(8), lambda s, x: x)
+    assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- T = 1
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_one_step_schedule_returns_x0_hat(order):
+    """T = 1 (one noise level): every sampler makes its one model call at t = 1 and returns the
+    exact x0_hat there (the step to t = 0 is x0_hat itself); the log-SNR grid once gave NaN."""
+    sched = linear_schedule(1, 0.3, 0.3)
+    model, x = DATA.model(sched), x_T(8)
+    expected = DATA.x0_hat(x, 1, sched)
+    outs = [
+        dpm_solver_sample(model, sched, x, steps=1, order=order, progress=False),
+        dpm_solver_sde_sample(model, sched, x, steps=1, order=min(order, 2), progress=False),
+        dpm_solver_3_exact_sample(model, sched, x, steps=1, progress=False),
+        ddim_sample(model, sched, x, steps=1, progress=False),
+        ddpm_sample(model, sched, x, progress=False),
+    ]
+    for out in outs:
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert logsnr_timesteps(sched, 1).tolist() == [1, 0]

@@ -11,7 +11,7 @@ Book: Reverse process (Part 2) and Fast sampling (Part 3).
 from diffusion_tutorial.samplers.common import Callback, TimestepFn, ddim_step
 from diffusion_tutorial.samplers.ddim import ddim_invert, ddim_sample
 from diffusion_tutorial.samplers.ddpm import ddpm_sample
-from diffusion_tutorial.samplers.dpm_solver import dpm_solver_sample
+from diffusion_tutorial.samplers.dpm_solver import dpm_solver_3_exact_sample, dpm_solver_sample
 from diffusion_tutorial.samplers.dpm_solver_sde import dpm_solver_sde_sample
 from diffusion_tutorial.samplers.inverse import (
     Projection,
@@ -39,6 +39,7 @@ __all__ = [
     "ddim_step",
     "ddim_invert",
     "dpm_solver_sample",
+    "dpm_solver_3_exact_sample",
     "dpm_solver_sde_sample",
     "leading_timesteps",
     "uniform_timesteps",

@@ -16,7 +16,10 @@ from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.samplers.common import (
     Callback,
+    Projection,
     TimestepFn,
+    apply_projection,
+    check_projection,
     check_start,
     predict,
     progress_bar,
@@ -40,43 +43,48 @@ def dpm_solver_sde_sample(
     clip_x0: bool = False,
     callback: Callback | None = None,
     progress: bool = True,
+    project: Projection | None = None,
 ) -> torch.Tensor:
-    """x_prev = (sigma_s / sigma_t) e^-h x_t + sqrt(alpha_bar[s]) (1 - e^-2h) D + sigma_s sqrt(1 - e^-2h) z.
+    """SDE-DPM-Solver++(2M): x_s = (sigma_s / sigma_t) e^-h x_t + sqrt(alpha_bar_s) (1 - e^-2h) D + sigma_s sqrt(1 - e^-2h) z.
 
-    With h = lam[s] - lam[t] for a step from t to s < t and z ~ N(0, I), this is the
-    DDPM posterior q(x_s | x_t, x_0) written with lambda, x_0 replaced by D: the reverse SDE has
-    the same linear part, and its exact solution replaces x_0 by an average of x0_hat(lam) over
-    the step. ``order=1`` freezes D = x0_hat (exactly DDIM with eta = 1 on the same times);
-    ``order=2`` (default) takes D = x0_hat + (h / 2) (x0_hat - x0_hat_prev) / h_prev, the line
-    through the last two predictions at the middle of the step, as the deterministic 2M does.
-    Fresh noise every step except the last, which goes to t = 0 and returns x0_hat. ``steps``
-    model calls at ``timesteps(schedule, steps)`` (default :func:`logsnr_timesteps`). The
-    injected noise corrects part of an imperfect model's error instead of carrying it along.
-    Book: The score/SDE view (Part 3). Lu et al. 2022b (SDE-DPM-Solver++(2M)).
+    With h = lam_s - lam_t for a step from t to s < t and z ~ N(0, I), this is the DDPM
+    posterior q(x_s | x_t, x_0) written with lambda, x_0 replaced by D: the reverse SDE has the
+    same linear part, and its exact solution replaces x_0 by an average of x0_hat(lam) over the
+    step. ``order=1`` freezes D = x0_hat (exactly DDIM with eta = 1 on the same times);
+    ``order=2`` (default) takes Algorithm 2's r = h_prev / h and D = (1 + 1 / (2r)) x0_hat -
+    (1 / (2r)) x0_hat_prev, the line through the last two predictions at the middle of the step,
+    as the deterministic 2M does. Fresh noise every step except the last, which goes to t = 0
+    and returns x0_hat. ``steps`` model calls at ``timesteps(schedule, steps)`` (default
+    :func:`logsnr_timesteps`). ``project(s, x_s)``, if given, replaces each new state (checked
+    like a model output). The injected noise corrects part of an imperfect model's error
+    instead of carrying it along.
+    Book: The score/SDE view (Part 3). Lu et al. 2022b (SDE-DPM-Solver++(2M), Algorithm 2's D).
     """
     x_t = check_start("x_T", x_T, schedule)
     order = check_int_in_range("order", order, 1, 2)
+    project = check_projection(project)
     ts = resolve_timesteps(timesteps, schedule, steps)
     alpha_bar, lam = schedule.alpha_bar.tolist(), schedule.lam.tolist()
     sigma, sqrt_alpha_bar = schedule.sigma.tolist(), schedule.sqrt_alpha_bar.tolist()
-    x0_prev, h_prev = None, 0.0
-    for i in progress_bar(steps, progress, f"SDE-DPM-Solver++({order})"):
+    x0_prev, h_prev = None, 0.0  # the last prediction and the lambda step that followed it
+    for i in progress_bar(steps, progress, f"SDE-DPM-Solver++({order}M)"):
         t, s = ts[i], ts[i + 1]
         # Step 1: the data prediction at t.
         _, x0_hat = predict(model, x_t, t, alpha_bar[t], clip_x0)
         if callback is not None:
             callback(i, t, x_t, x0_hat)
-        if s == 0:  # lam[0] = +inf: the posterior collapses onto x0_hat
-            x_t = x0_hat
-            break
-        # Step 2: the x0_hat the step integrates (order 2: the line at the middle of the step).
+        if s == 0:  # lam_0 = +inf: the posterior collapses onto x0_hat
+            return apply_projection(project, 0, x0_hat)
+        # Step 2: the step in lambda and D, as in Algorithm 2 (first step: D = x0_hat).
         h = lam[s] - lam[t]
-        d = x0_hat
+        D = x0_hat
         if order == 2 and x0_prev is not None:
-            d = x0_hat + (h / (2 * h_prev)) * (x0_hat - x0_prev)  # (B, ...)
+            r = h_prev / h
+            D = (1 + 1 / (2 * r)) * x0_hat - (1 / (2 * r)) * x0_prev  # (B, ...)
         # Step 3: the posterior-shaped update with fresh noise; -expm1(-2h) = 1 - e^-2h, exact for small h.
         one_minus = -math.expm1(-2 * h)
-        x_prev = (sigma[s] / sigma[t]) * math.exp(-h) * x_t + sqrt_alpha_bar[s] * one_minus * d
-        x_prev = x_prev + sigma[s] * math.sqrt(one_minus) * randn_like(x_prev, generator)
-        x0_prev, h_prev, x_t = x0_hat, h, x_prev
+        x_s = (sigma[s] / sigma[t]) * math.exp(-h) * x_t + sqrt_alpha_bar[s] * one_minus * D
+        x_s = x_s + sigma[s] * math.sqrt(one_minus) * randn_like(x_s, generator)
+        x0_prev, h_prev = x0_hat, h
+        x_t = apply_projection(project, s, x_s)
     return x_t

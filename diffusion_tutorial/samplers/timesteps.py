@@ -76,6 +76,8 @@ def logsnr_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     Book: Fast sampling (Part 3). Lu et al. 2022a (DPM-Solver), sec. 3.4.
     """
     steps = check_int_in_range("steps", steps, 1, schedule.T)
+    if steps == 1:  # one model call, at t = T (also T = 1, where there is nothing to interpolate)
+        return _descending(torch.tensor([schedule.T]))
     lam = schedule.lam[1:].cpu().flip(0)  # (T,) increasing: lambda_T, ..., lambda_1
     target = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
     k = torch.searchsorted(lam, target).clamp(1, schedule.T - 1)  # lam[k - 1] <= target <= lam[k]
