@@ -80,12 +80,12 @@ def learning_rate(
     a half cosine lr (1 + cos(pi p)) / 2 down towards 0, p = (step - warmup_steps) / (steps -
     warmup_steps) (Loshchilov & Hutter 2017, SGDR without restarts).
 
-    A function of the step alone, so a resumed run continues the same curve. ``fit`` uses the
-    cosine without warm-up (a short run ends with calm weights); ``train`` the settings of its
-    ``TrainConfig``.
+    A function of the step alone, so a resumed run continues the same curve (a run started with
+    ``--init`` from its own output starts a new one). ``fit`` uses the cosine without warm-up (a
+    short run ends with calm weights); ``train`` the settings of its ``TrainConfig``.
     """
     warm = min(1.0, (step + 1) / max(warmup_steps, 1))
     if not cosine or step < warmup_steps:
         return lr * warm
     progress = (step - warmup_steps) / max(steps - warmup_steps, 1)  # in [0, 1)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr * (0.5 * (1.0 + math.cos(math.pi * progress)))
