@@ -241,3 +241,26 @@ def test_good_masks():
 def test_bad_input(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+# ------------------------------------------------------ reliability II (issue 23): up front
+
+
+@pytest.mark.parametrize("schedule", [None, "linear", 1000])
+@pytest.mark.parametrize("which", ["replacement", "ilvr"])
+def test_a_projection_checks_its_schedule_when_built(which, schedule):
+    # replacement_projection(x, m, None) was accepted and failed inside the sampler before.
+    x = torch.zeros(2, 1, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :4] = 1
+    with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
+        if which == "replacement":
+            replacement_projection(x, mask, schedule)
+        else:
+            ilvr_projection(torch.zeros(2, 1, 4, 4), 2, schedule)
+
+
+def test_ilvr_refuses_a_factor_too_large_to_allocate():
+    # Failed in the allocator before (an up(y) of 7e6 x 7e6 pixels).
+    with pytest.raises(ValueError, match=r"factor 1000000 .* 7000000x7000000 .*2\*\*31"):
+        ilvr_projection(torch.zeros(1, 1, 7, 7), 10**6, SCHED)

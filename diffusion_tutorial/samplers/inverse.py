@@ -135,6 +135,11 @@ def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
     return upsample(downsample(x, factor), factor)
 
 
+def _check_schedule(schedule: object) -> None:
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+
+
 def _check_state(s: int, x_s: torch.Tensor, shape: torch.Size, schedule: NoiseSchedule) -> None:
     check_time_indices("s", s, 1, 0, schedule.T, x_s.device)
     if x_s.shape != shape:
@@ -159,6 +164,7 @@ def replacement_projection(
     Lugmayr et al. 2022 (RePaint), eq. 8.
     """
     x_known = check_finite("x_known", check_float_tensor("x_known", x_known))
+    _check_schedule(schedule)
     if x_known.ndim < 2:
         raise ValueError(
             f"x_known must have a batch dimension (B, ...), got shape {tuple(x_known.shape)}"
@@ -190,6 +196,14 @@ def ilvr_projection(
     """
     y = check_finite("y", _check_images("y", y))
     factor = check_int_in_range("factor", factor, 2, None)
+    _check_schedule(schedule)
+    h, w = y.shape[-2:]
+    if y.numel() * factor**2 > 2**31:  # refuse before the allocator fails on up(y)
+        raise ValueError(
+            f"factor {factor} would upsample y of size {h}x{w} to {h * factor}x{w * factor} "
+            f"pixels ({y.numel() * factor**2:.2g} values, over 2**31): factor must be the ratio "
+            f"of the sampler's image size to y's, e.g. 4 for {h}x{w} -> {4 * h}x{4 * w}"
+        )
     y_up = upsample(y, factor)  # (B, C, H, W)
 
     def project(s: int, x_s: torch.Tensor) -> torch.Tensor:
