@@ -8,6 +8,7 @@ fused tensor operations in the dtype of ``x_T`` and no coefficient tensors.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable
 
 import torch
@@ -70,13 +71,25 @@ def resolve_timesteps(timesteps: TimestepFn, schedule: NoiseSchedule, steps: int
             f"timesteps(schedule, steps) must return an int64 tensor or a list of ints, "
             f"got {type(out).__name__}"
         )
-    out = torch.as_tensor(out)
-    if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
-        raise TypeError(
-            f"timesteps(schedule, steps) must return integer book times, got {out.dtype} "
-            f"values such as {out.reshape(-1)[:3].tolist()} (round them yourself: never truncated)"
-        )
-    ts = [int(v) for v in out.reshape(-1).tolist()]
+    if isinstance(out, (list, tuple)):  # check the items first: torch.as_tensor fails on
+        # strings ("too many dimensions 'str'") and on ints beyond int64 ("Overflow ...")
+        out = [v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v for v in out]
+        bad = [v for v in out if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+        if bad:
+            raise TypeError(
+                f"timesteps(schedule, steps) must return integer book times, got "
+                f"{type(bad[0]).__name__} values such as {bad[:3]!r} (round them yourself: "
+                "never truncated)"
+            )
+    else:
+        if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool:
+            raise TypeError(
+                f"timesteps(schedule, steps) must return integer book times, got {out.dtype} "
+                f"values such as {out.reshape(-1)[:3].tolist()} (round them yourself: never "
+                "truncated)"
+            )
+        out = out.reshape(-1).tolist()
+    ts = [int(v) for v in out]
     ok = len(ts) == steps + 1 and ts[0] <= schedule.T and ts[-1] == 0
     if not ok or any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
         raise ValueError(
