@@ -50,7 +50,7 @@ def _as_float64(name: str, value: torch.Tensor | float, low: float, high: float)
     """``value`` as a float64 tensor, or raise naming ``name`` and the interval [low, high]."""
     if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a number or a real tensor, got {type(value).__name__}")
-    v = torch.as_tensor(value)
+    v = value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
     if v.is_complex() or v.dtype == torch.bool:
         raise TypeError(f"{name} must be a real number or tensor, got a {v.dtype} tensor")
     v = v.to(torch.float64)

@@ -13,6 +13,7 @@ from diffusion_tutorial.samplers.ddim import ddim_invert, ddim_sample
 from diffusion_tutorial.samplers.ddpm import ddpm_sample
 from diffusion_tutorial.samplers.dpm_solver import dpm_solver_3_exact_sample, dpm_solver_sample
 from diffusion_tutorial.samplers.dpm_solver_sde import dpm_solver_sde_sample
+from diffusion_tutorial.samplers.edm import SigmaFn, euler_sample, heun_sample
 from diffusion_tutorial.samplers.inverse import (
     Projection,
     check_mask,
@@ -25,6 +26,8 @@ from diffusion_tutorial.samplers.inverse import (
 )
 from diffusion_tutorial.samplers.repaint import renoise, repaint_path, repaint_sample
 from diffusion_tutorial.samplers.timesteps import (
+    karras_sigmas,
+    karras_timesteps,
     leading_timesteps,
     logsnr_timesteps,
     quadratic_timesteps,
@@ -41,6 +44,11 @@ __all__ = [
     "dpm_solver_sample",
     "dpm_solver_3_exact_sample",
     "dpm_solver_sde_sample",
+    "heun_sample",
+    "euler_sample",
+    "SigmaFn",
+    "karras_sigmas",
+    "karras_timesteps",
     "leading_timesteps",
     "uniform_timesteps",
     "quadratic_timesteps",

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from diffusion_tutorial.checks import check_int_in_range
+from diffusion_tutorial.checks import check_float_in_range, check_int_in_range
 from diffusion_tutorial.core.schedules import NoiseSchedule
+from diffusion_tutorial.core.time import NoiseLevel
 
 __all__ = [
     "leading_timesteps",
     "uniform_timesteps",
     "quadratic_timesteps",
     "logsnr_timesteps",
+    "karras_sigmas",
+    "karras_timesteps",
 ]
 
 
@@ -85,6 +88,56 @@ def logsnr_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     t = (schedule.T - (k - 1) - frac).round().tolist()  # lam index j is book time T - j
     t = [int(v) for v in t[::-1]]  # increasing: t[0] = 1, t[-1] = T
     for i in range(1, steps):  # rounding may tie two times: push them apart, then back below T
+        t[i] = max(t[i], t[i - 1] + 1)
+    t[-1] = schedule.T
+    for i in range(steps - 2, -1, -1):
+        t[i] = min(t[i], t[i + 1] - 1)
+    return _descending(torch.tensor(t))
+
+
+def karras_sigmas(schedule: NoiseSchedule, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """EDM noise levels sigma_i = (sigma_max^(1/rho) + i / (N - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, then 0.
+
+    Float64 (steps + 1,): N = ``steps`` levels from sigma_max = sigma_T down to sigma_min =
+    sigma_1 (EDM sigma = sqrt((1 - alpha_bar) / alpha_bar), the schedule's own end points, so
+    every level is a book time in [1, T]), then the target 0. rho = 7 packs the steps near
+    sigma_min, where errors show most in the image (Karras et al.: "rho = 7 ... performs well").
+    The grid of the EDM samplers (``samplers.edm``); :func:`karras_timesteps` rounds it for the
+    integer-t samplers. diffusers: ``use_karras_sigmas=True`` with ``timestep_spacing="linspace"``.
+    Book: Fast sampling (Part 3). Karras et al. 2022 (EDM), eq. 5.
+    """
+    steps = check_int_in_range("steps", steps, 1, None)
+    rho = check_float_in_range("rho", rho, 0.0, None, low_open=True)
+    edm_sigma = NoiseLevel.from_lam(schedule.lam[[schedule.T, 1]]).edm_sigma()
+    sigma_max, sigma_min = edm_sigma.tolist()
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)  # (steps,)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (hi + ramp * (lo - hi)) ** rho  # (steps,)
+    sigmas[0] = sigma_max  # the end points exactly, not through the power
+    if steps > 1:
+        sigmas[-1] = sigma_min
+    return torch.cat([sigmas, sigmas.new_zeros(1)])  # (steps + 1,)
+
+
+def karras_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """Karras' rho = 7 grid for the integer-t samplers: each sigma_i mapped to its book time, rounded.
+
+    The levels of :func:`karras_sigmas` are converted to fractional book times (log-SNR
+    interpolation, ``core.time.NoiseLevel``) and rounded to the nearest integer; T and 1 stay
+    the first and last model calls. Where rounding gives the same time twice (the rho-grid is
+    denser than one per integer t), the duplicate is dropped and its step moves to the nearest
+    free integer, as in :func:`logsnr_timesteps`, so the sampler still makes exactly ``steps``
+    model calls, the contract of every timesteps function. How many move depends on the
+    schedule: on the linear T = 1000 schedule none up to 75 steps (1 of 100, 7 of 200, all near
+    t = 1); on the cosine schedule, whose sigma_T ~ 2e4 packs the grid against t = T, 3 of 10
+    and 24 of 50 (k-diffusion and diffusers drop such duplicates, and make fewer calls).
+    Book: Fast sampling (Part 3). Karras et al. 2022 (EDM), eq. 5.
+    """
+    steps = check_int_in_range("steps", steps, 1, schedule.T)
+    sigmas = karras_sigmas(schedule, steps)[:-1]  # (steps,) decreasing
+    t = NoiseLevel.from_edm_sigma(sigmas).t(schedule).round().tolist()[::-1]  # increasing
+    t = [int(v) for v in t]
+    for i in range(1, steps):  # a tie moves up to the next free integer, then back below T
         t[i] = max(t[i], t[i - 1] + 1)
     t[-1] = schedule.T
     for i in range(steps - 2, -1, -1):
