@@ -18,6 +18,7 @@ from diffusion_tutorial.samplers import (
     ddim_sample,
     ddpm_sample,
     dpm_solver_sample,
+    dpm_solver_sde_sample,
     leading_timesteps,
     uniform_timesteps,
 )
@@ -106,15 +107,15 @@ def test_ddpm_matches_with_same_noise():
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)  # 1000 float32-rounded steps
 
 
-@pytest.mark.parametrize("order, steps", [(1, 10), (2, 10), (2, 25)])
+@pytest.mark.parametrize("order, steps", [(1, 10), (2, 10), (2, 25), (3, 20)])
 def test_dpm_solver_pp_matches(order, steps):
-    """Order 1 and the paper's 2M ("midpoint"); diffusers always ends with a first-order step to 0.
-
-    Order 3 is not compared: diffusers' 3M weights the quadratic term by half the exact integral,
-    ours integrates the parabola exactly (test_samplers.py checks that and third-order convergence).
+    """Order 1, the paper's 2M ("midpoint") and the common 3M; diffusers always ends with a
+    first-order step to 0 (``lower_order_final=False`` keeps its 3M from dropping to order 2 one
+    step earlier on short grids). ``dpm_solver_3_exact_sample`` has no diffusers twin: it puts
+    twice the 3M's weight on the curvature term (test_samplers.py checks it on a parabola).
     """
     ref = diffusers.DPMSolverMultistepScheduler(
-        **LINEAR, solver_order=order, final_sigmas_type="zero"
+        **LINEAR, solver_order=order, final_sigmas_type="zero", lower_order_final=False
     )
     expected = run(ref, x_T(), steps)
     ours = dpm_solver_sample(
@@ -127,3 +128,70 @@ def test_dpm_solver_pp_matches(order, steps):
         progress=False,
     )
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+# Book times with uneven steps in lambda: h_prev / h from 0.07 to 14 (the log-SNR grid has h ~ h_prev,
+# where r = h_prev / h and its inverse agree).
+UNEVEN = [1000, 930, 700, 660, 420, 400, 150, 120, 30, 1]
+# diffusers' float32 divided differences over steps as short as h = 0.1 differ from ours by up to
+# 3e-5 (measured); r inverted, or the 3M with the exact curvature weight, moves the result by
+# 1e-3 to 4 (measured), so 1e-4 separates rounding from a wrong formula.
+UNEVEN_ATOL = 1e-4
+
+
+def uneven(scheduler):
+    """Set diffusers' custom (0-based) timesteps to UNEVEN; return our matching timesteps function."""
+    scheduler.set_timesteps(timesteps=[t - 1 for t in UNEVEN])
+    return lambda schedule, n: torch.tensor([*UNEVEN, 0], dtype=torch.int64)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpm_solver_pp_matches_on_an_uneven_grid(order):
+    ref = diffusers.DPMSolverMultistepScheduler(
+        **LINEAR, solver_order=order, final_sigmas_type="zero", lower_order_final=False
+    )
+    ours = dpm_solver_sample(
+        MODEL, SCHED, x_T(), steps=len(UNEVEN), order=order, timesteps=uneven(ref), progress=False
+    )
+    x = x_T()
+    for k in ref.timesteps:
+        t = torch.full((x.shape[0],), int(k) + 1, dtype=torch.int64)
+        x = ref.step(MODEL(x, t), k, x).prev_sample
+    torch.testing.assert_close(ours, x.double(), rtol=1e-5, atol=UNEVEN_ATOL)
+
+
+@pytest.mark.parametrize("grid", ["uneven", "diffusers-default"])
+def test_sde_dpm_solver_pp_2m_matches_with_same_noise(grid):
+    """SDE-DPM-Solver++(2M) = diffusers' ``algorithm_type="sde-dpmsolver++"``, ``solver_order=2``,
+    fed the same z: ours draws one z per step (none on the step to 0) from the generator, the
+    test draws the same sequence from a generator with the same seed and hands each z to
+    diffusers as ``variance_noise``. diffusers' default grid (linspace in t) is uneven in lambda
+    too. Tolerance: see UNEVEN_ATOL."""
+    ref = diffusers.DPMSolverMultistepScheduler(
+        **LINEAR,
+        algorithm_type="sde-dpmsolver++",
+        solver_order=2,
+        final_sigmas_type="zero",
+        lower_order_final=False,
+    )
+    if grid == "uneven":
+        timesteps = uneven(ref)
+    else:
+        timesteps = book_times(ref, 20)
+    steps = len(ref.timesteps)
+    ours = dpm_solver_sde_sample(
+        MODEL,
+        SCHED,
+        x_T(),
+        steps=steps,
+        generator=torch.Generator().manual_seed(11),
+        timesteps=timesteps,
+        progress=False,
+    )
+    g, x = torch.Generator().manual_seed(11), x_T()
+    for i, k in enumerate(ref.timesteps):
+        t = torch.full((x.shape[0],), int(k) + 1, dtype=torch.int64)
+        last = i == steps - 1  # the step to t = 0 draws nothing (its noise is multiplied by 0)
+        z = torch.zeros_like(x) if last else torch.randn(x.shape, generator=g, dtype=x.dtype)
+        x = ref.step(MODEL(x, t), k, x, variance_noise=z).prev_sample
+    torch.testing.assert_close(ours, x.double(), rtol=1e-5, atol=UNEVEN_ATOL)

@@ -141,13 +141,33 @@ def test_ho_salimans_weight_is_scale_minus_one(model, inputs, w):
     assert (eps_cond - eps_uncond).abs().max() > 10 * TOL["atol"]
 
 
+class _TwoAnswers(nn.Module):
+    """A conditional "model" that returns fixed eps_cond for real labels and eps_uncond for the
+    null label 10, whatever x_t and t: the guider's inputs, run through classifier_free_guidance."""
+
+    def __init__(self, eps_cond: torch.Tensor, eps_uncond: torch.Tensor) -> None:
+        super().__init__()
+        self.config = tiny_unet_config(num_classes=10)
+        self.answers = torch.stack([eps_cond, eps_uncond])  # (2, B, ...)
+
+    def forward(self, x_t, t, y):
+        B = self.answers.shape[1]
+        row = torch.arange(len(y)) % B  # classifier_free_guidance batches [x_t; x_t] as 2B
+        return self.answers[(y == 10).long(), row]
+
+
 @pytest.mark.parametrize("w", [0.5, 2.0, 7.0])
 def test_both_conventions_against_the_diffusers_guider(w):
-    """diffusers' ClassifierFreeGuidance: guidance_scale = s by default, = w with the paper's formula."""
+    """diffusers' ClassifierFreeGuidance: guidance_scale = s by default, = w with the paper's
+    formula; both equal the package's classifier_free_guidance at s = 1 + w on the same
+    eps_cond and eps_uncond."""
     guiders = pytest.importorskip("diffusers.guiders")
     g = torch.Generator().manual_seed(1)
     eps_cond, eps_uncond = torch.randn(2, 4, 1, 8, 8, generator=g)
-    ours = eps_uncond + guidance_scale_from_weight(w) * (eps_cond - eps_uncond)
+    guided = classifier_free_guidance(
+        _TwoAnswers(eps_cond, eps_uncond), torch.tensor([1, 2, 3, 4]), guidance_scale_from_weight(w)
+    )
+    ours = guided(torch.zeros(4, 1, 8, 8), torch.full((4,), 500))
     native = guiders.ClassifierFreeGuidance(guidance_scale=1 + w)
     original = guiders.ClassifierFreeGuidance(guidance_scale=w, use_original_formulation=True)
     # float32 inputs; the two forms round differently: a few ulps of values of size ~10
