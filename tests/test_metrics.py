@@ -407,3 +407,36 @@ def test_gaussian_frechet_distance_accepts_lists_and_arrays():
     ) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(TypeError, match="mu1 must be"):
         metrics.gaussian_frechet_distance("ab", torch.eye(2), [1.0, 1.0], torch.eye(2))
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--batch-size", "-3"], "--batch-size must be >= 1"),
+        (["--lr", "nan"], r"--lr must be in \(0, inf\]"),
+        (["--lr", "0"], r"--lr must be in \(0, inf\]"),
+    ],
+)
+def test_classifier_cli_refuses_bad_numbers_before_loading_data(argv, match, capsys, monkeypatch):
+    from diffusion_tutorial.training import classifier_cli
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data must not be loaded for a refused command")
+
+    monkeypatch.setattr(classifier_cli, "mnist", no_data)
+    with pytest.raises(SystemExit) as info:
+        classifier_cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()[-1]) > 0
+    assert pytest.importorskip("re").search(match, err), err
+
+
+def test_classifier_cli_refuses_an_out_path_that_is_a_folder(tmp_path, capsys, monkeypatch):
+    from diffusion_tutorial.training import classifier_cli
+
+    monkeypatch.setattr(classifier_cli, "mnist", lambda **kw: 1 / 0)
+    with pytest.raises(SystemExit) as info:
+        classifier_cli.main(["--out", str(tmp_path)])
+    assert info.value.code == 2 and "--out must be a file path" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from diffusion_tutorial import pretrained
+from diffusion_tutorial import model_files, pretrained
 from diffusion_tutorial.core.schedules import SCHEDULES, cosine_schedule, linear_schedule
 from diffusion_tutorial.evaluation.classifier import MNISTClassifier
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
@@ -202,7 +202,7 @@ def test_load_file_refuses_a_T500_schedule_with_a_T1000_model(tmp_path):
         "unet_config": json.dumps(dataclasses.asdict(model.config)),
         "schedule": json.dumps({"name": "linear", "T": 500}),
     }
-    path = pretrained._write(tmp_path / "m.safetensors", model, meta)
+    path = model_files._write(tmp_path / "m.safetensors", model, meta)
     with pytest.raises(ValueError, match="do not fit.*model's T = 1000.*got 500"):
         pretrained.load_file(path)
 
@@ -224,7 +224,7 @@ def test_a_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, tiny_model
         Path(filename).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(pretrained, "_st_save_file", half_then_fail)
+    monkeypatch.setattr(model_files, "_st_save_file", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         pretrained.save(path, tiny_model, schedule=SCHEDULE, steps=2)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
@@ -305,7 +305,7 @@ def test_a_kind_this_version_cannot_build_is_refused_clearly(tmp_path, tiny_mode
         "unet_config": json.dumps(dataclasses.asdict(tiny_model.config)),
         "schedule": json.dumps(SCHEDULE),
     }
-    path = pretrained._write(tmp_path / "m.safetensors", tiny_model, meta)
+    path = model_files._write(tmp_path / "m.safetensors", tiny_model, meta)
     with pytest.raises(ValueError, match=f"{path}.*kind '{kind}'.*cannot build.*unet"):
         pretrained.load_file(path)
 
@@ -316,7 +316,7 @@ def test_files_without_a_kind_key_are_read_as_before(tmp_path, tiny_model):
         "unet_config": json.dumps(dataclasses.asdict(tiny_model.config)),
         "schedule": json.dumps(SCHEDULE),
     }
-    path = pretrained._write(tmp_path / "m.safetensors", tiny_model, meta)
+    path = model_files._write(tmp_path / "m.safetensors", tiny_model, meta)
     model, _ = pretrained.load_file(path)
     assert isinstance(model, UNet) and model.config == tiny_model.config
     for name in pretrained.REGISTRY:
@@ -325,7 +325,7 @@ def test_files_without_a_kind_key_are_read_as_before(tmp_path, tiny_model):
 
 def _write_with_config(tmp_path, model, config) -> Path:
     meta = {"unet_config": json.dumps(config), "schedule": json.dumps(SCHEDULE)}
-    return pretrained._write(tmp_path / "m.safetensors", model, meta)
+    return model_files._write(tmp_path / "m.safetensors", model, meta)
 
 
 @pytest.mark.parametrize(
@@ -346,7 +346,7 @@ def test_load_errors_from_mismatched_metadata_name_the_file(tmp_path, tiny_model
 
 def test_a_string_config_names_the_file(tmp_path, tiny_model):
     meta = {"unet_config": json.dumps("tiny"), "schedule": json.dumps(SCHEDULE)}
-    path = pretrained._write(tmp_path / "m.safetensors", tiny_model, meta)
+    path = model_files._write(tmp_path / "m.safetensors", tiny_model, meta)
     with pytest.raises(ValueError, match=f"{path}.*unet_config.*JSON object"):
         pretrained.load_file(path)
 

@@ -12,8 +12,10 @@ import time
 import torch
 
 from diffusion_tutorial import pretrained
+from diffusion_tutorial.checks import check_float_in_range, check_positive_int
 from diffusion_tutorial.data import mnist
 from diffusion_tutorial.evaluation.classifier import accuracy, train_classifier
+from diffusion_tutorial.files import check_writable
 
 __all__ = ["main"]
 
@@ -27,6 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (one-cycle)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    try:  # refuse bad numbers and an unwritable --out before loading data or training
+        check_positive_int("--epochs", args.epochs)
+        check_positive_int("--batch-size", args.batch_size)
+        check_float_in_range("--lr", args.lr, 0.0, None, low_open=True)
+        check_writable(args.out, "--out")
+    except (TypeError, ValueError) as err:
+        p.error(str(err))
     train, test = mnist(train=True), mnist(train=False)
     gen = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
