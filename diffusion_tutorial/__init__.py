@@ -40,6 +40,7 @@ from diffusion_tutorial.core.schedules import (
     linear_schedule,
     scaled_linear_schedule,
 )
+from diffusion_tutorial.core.time import NoiseLevel
 from diffusion_tutorial.data import data_root, mnist, toy_data
 from diffusion_tutorial.networks.guidance import classifier_free_guidance
 from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
@@ -52,7 +53,11 @@ from diffusion_tutorial.samplers import (
     dpm_solver_3_exact_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
+    euler_sample,
+    heun_sample,
     ilvr_projection,
+    karras_sigmas,
+    karras_timesteps,
     leading_timesteps,
     logsnr_timesteps,
     quadratic_timesteps,
@@ -106,6 +111,11 @@ __all__ = [
     "dpm_solver_sample",
     "dpm_solver_3_exact_sample",
     "dpm_solver_sde_sample",
+    "heun_sample",
+    "euler_sample",
+    "karras_sigmas",
+    "karras_timesteps",
+    "NoiseLevel",
     "leading_timesteps",
     "uniform_timesteps",
     "quadratic_timesteps",

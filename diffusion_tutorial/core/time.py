@@ -5,17 +5,17 @@ a = sqrt(alpha_bar) and b = sqrt(1 - alpha_bar). A :class:`NoiseLevel` stores th
 half log-SNR lam = log(a / b) (float64; +inf is clean data, -inf pure noise) and converts it to and
 from each convention:
 
-=================================  ==========================================  =================
-convention                         in terms of lam                             clean ... noise
-=================================  ==========================================  =================
-book index t (fractional)          lam = schedule.lam interpolated in t        0 ... T
-VP-SDE time tau = t / T            as the book index                           0 ... 1
-VP sigma = b = sqrt(1 - alpha_bar)  sqrt(sigmoid(-2 lam))                       0 ... 1
-EDM / VE sigma = b / a             exp(-lam)                                   0 ... inf
-alpha_bar = a^2                    sigmoid(2 lam)                              1 ... 0
-flow time, 0 at noise (Lipman)     sigmoid(lam) = a / (a + b)                  1 ... 0
-flow time, 0 at data (SD3/minRF)   sigmoid(-lam) = b / (a + b)                 0 ... 1
-=================================  ==========================================  =================
+==================================  ====================================  ===============
+convention                          in terms of lam                       clean ... noise
+==================================  ====================================  ===============
+book index t (fractional)           lam = schedule.lam interpolated in t  0 ... T
+VP-SDE time tau = t / T             as the book index                     0 ... 1
+VP sigma = b = sqrt(1 - alpha_bar)  sqrt(sigmoid(-2 lam))                 0 ... 1
+EDM / VE sigma = b / a              exp(-lam)                             0 ... inf
+alpha_bar = a^2                     sigmoid(2 lam)                        1 ... 0
+flow time s, 0 at noise (Lipman)    sigmoid(lam) = a / (a + b)            1 ... 0
+flow time u, 0 at data (SD3)        sigmoid(-lam) = b / (a + b)           0 ... 1
+==================================  ====================================  ===============
 
 The flow rows: x / (a + b) = (a / (a + b)) x_0 + (b / (a + b)) eps is a point of the linear path
 x_FM = s x_0 + (1 - s) eps at s = a / (a + b) (Lipman et al. 2023, Liu et al. 2023: noise at
