@@ -252,9 +252,12 @@ def _check_device(device: object) -> torch.device:
     if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
         raise TypeError(f"device must be {allowed}, got {type(device).__name__}")
     try:
-        return torch.device(device)
+        device = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device must be {allowed}, got {device!r} ({err})") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device is {str(device)!r}, but this machine has no CUDA GPU: use 'cpu'")
+    return device
 
 
 def _metadata(path: Path) -> dict[str, str]:

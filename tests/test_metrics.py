@@ -440,3 +440,10 @@ def test_classifier_cli_refuses_an_out_path_that_is_a_folder(tmp_path, capsys, m
     with pytest.raises(SystemExit) as info:
         classifier_cli.main(["--out", str(tmp_path)])
     assert info.value.code == 2 and "--out must be a file path" in capsys.readouterr().err
+
+
+def test_frechet_distance_names_the_features_when_their_covariance_overflows(generator):
+    # Sibling of the KID case: "cov1 must be finite" named an argument the caller never passed.
+    f1, f2 = torch.randn(6, 3, generator=generator), torch.randn(5, 3, generator=generator)
+    with pytest.raises(ValueError, match="features1 and features2 are too large.*covariance"):
+        metrics.frechet_distance(f1.double() * 1e160, f2.double() * 1e160)

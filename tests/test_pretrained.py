@@ -379,3 +379,9 @@ def test_load_refuses_what_is_not_a_device(shipped, device):
     # Silently wrong before: a dtype passed as the device returned a float16 model.
     with pytest.raises((TypeError, ValueError), match="device"):
         pretrained.load("mnist", device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_load_on_cuda_without_a_gpu_says_so(shipped):
+    with pytest.raises(ValueError, match="device is 'cuda'.*no CUDA GPU.*'cpu'"):
+        pretrained.load("mnist", device="cuda")

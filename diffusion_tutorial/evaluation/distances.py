@@ -122,7 +122,14 @@ def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     """
     f1, f2 = _check_pair(features1, features2, min_n=2)
     f1, f2 = f1.double(), f2.double()
-    return gaussian_frechet_distance(f1.mean(0), f1.T.cov(), f2.mean(0), f2.T.cov())
+    cov1, cov2 = f1.T.cov(), f2.T.cov()
+    if not (torch.isfinite(cov1).all() and torch.isfinite(cov2).all()):
+        largest = max(f1.abs().max().item(), f2.abs().max().item())
+        raise ValueError(
+            f"features1 and features2 are too large: their covariance overflows float64 "
+            f"(largest |feature| = {largest:.3g}; squares must stay below ~1.8e308)"
+        )
+    return gaussian_frechet_distance(f1.mean(0), cov1, f2.mean(0), cov2)
 
 
 def kernel_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
