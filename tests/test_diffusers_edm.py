@@ -17,10 +17,18 @@ import torch
 from diffusion_tutorial.core.gaussian import GaussianData
 from diffusion_tutorial.core.schedules import linear_schedule
 from diffusion_tutorial.core.time import NoiseLevel
-from diffusion_tutorial.samplers import euler_sample, heun_sample, karras_sigmas
+from diffusion_tutorial.samplers import (
+    ddim_sample,
+    euler_sample,
+    heun_sample,
+    karras_sigmas,
+    leading_timesteps,
+)
 
 diffusers = pytest.importorskip("diffusers")
 diffusers.utils.logging.set_verbosity_error()
+# numpy 2 warns when diffusers turns our float64 alphas_cumprod tensor into an array; harmless.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 CONFIG = dict(
     num_train_timesteps=1000,
@@ -39,9 +47,9 @@ def x_T(n=64):
     return torch.randn(n, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
-def reference(cls, steps):
-    """A diffusers scheduler on our float64 alpha_bar, its Karras grid set for ``steps``."""
-    ref = cls(**CONFIG)
+def reference(cls, steps, **config):
+    """A diffusers scheduler on our float64 alpha_bar, its grid set for ``steps`` (None drops a key)."""
+    ref = cls(**{k: v for k, v in {**CONFIG, **config}.items() if v is not None})
     ref.alphas_cumprod = SCHED.alpha_bar[1:].clone()  # float64; diffusers' index k = book t - 1
     ref.set_timesteps(steps)
     return ref
@@ -114,3 +122,27 @@ def test_churned_euler_matches_euler_discrete_scheduler_with_the_same_noise(
     # The churn mattered: the deterministic sampler ends elsewhere.
     plain = euler_sample(MODEL, SCHED, x_T(), steps=steps, progress=False)
     assert (ours - plain).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_euler_a_is_ddim_eta1_on_the_same_times_and_noise(steps):
+    """The names table's claim: "Euler a" (EulerAncestralDiscreteScheduler, k-diffusion's
+    sample_euler_ancestral) is DDIM with eta = 1. Its sigma_up^2 = sigma_s^2 (sigma_t^2 -
+    sigma_s^2) / sigma_t^2 is DDIM's varsigma^2 / alpha_bar_s, and its Euler step to sigma_down
+    is DDIM's jump along eps_hat. Same grid (diffusers' "leading" = leading_timesteps, no Karras
+    sigmas), same generator: one draw per step, in the same order.
+    """
+    ref = reference(
+        diffusers.EulerAncestralDiscreteScheduler,
+        steps,
+        use_karras_sigmas=None,  # no such option on this scheduler
+        timestep_spacing="leading",
+    )
+    g = torch.Generator().manual_seed(7)
+    x = x_T() * math.sqrt(1 + ref.sigmas[0].item() ** 2)  # x_T at the first time, VE scale
+    for k in ref.timesteps:
+        eps = MODEL(ref.scale_model_input(x, k), book_t(k, x.shape[0]))
+        x = ref.step(eps, k, x, generator=g).prev_sample
+    ours = ddim_sample(MODEL, SCHED, x_T(), steps=steps, eta=1.0, timesteps=leading_timesteps,
+                       generator=torch.Generator().manual_seed(7), progress=False)  # fmt: skip
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=2e-4)  # float32 state, as above
