@@ -14,6 +14,7 @@ from diffusion_tutorial.core.schedules import cosine_schedule, linear_schedule
 from diffusion_tutorial.samplers import (
     ddim_invert,
     ddim_sample,
+    ddim_step,
     ddpm_sample,
     dpm_solver_3_exact_sample,
     dpm_solver_sample,
@@ -612,3 +613,13 @@ def test_one_step_schedule_returns_x0_hat(order):
     for out in outs:
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     assert logsnr_timesteps(sched, 1).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "args", [(0.5, 0.9, 1.5), (0.5, 0.9, -0.1), (0.9, 0.5, 0.5)], ids=["eta>1", "eta<0", "upwards"]
+)
+def test_ddim_step_refuses_what_eq_16_cannot_do(args):
+    """eta outside [0, 1], or a noisy step up in noise (eq. 16 takes the root of a negative)."""
+    alpha_bar_t, alpha_bar_s, eta = args
+    with pytest.raises(ValueError, match="ddim_step needs eta in"):
+        ddim_step(torch.zeros(2), torch.zeros(2), alpha_bar_t, alpha_bar_s, eta)

@@ -147,6 +147,11 @@ def ddim_step(
     Coefficients are Python floats; the result has the dtype of ``x0_hat``.
     Book: Fast sampling (Part 3). Song et al. 2021 (DDIM), eqs. 12 and 16.
     """
+    if not 0 <= eta <= 1 or (eta > 0 and not alpha_bar_t < alpha_bar_s):
+        raise ValueError(
+            f"ddim_step needs eta in [0, 1], and alpha_bar_t < alpha_bar_s (a step down in noise) "
+            f"when eta > 0; got eta = {eta}, alpha_bar_t = {alpha_bar_t}, alpha_bar_s = {alpha_bar_s}"
+        )
     # Step 1: the noise level of the step (eq. 16); eta = 0 skips it (also for s > t, inversion).
     ddim_sigma = 0.0
     if eta > 0:
@@ -171,8 +176,9 @@ def check_projection(project: object, *, required: bool = False) -> Projection |
     if project is None and not required:
         return None
     if not callable(project):
+        optional = "" if required else " (or None)"
         raise TypeError(
-            f"project must be a function project(s, x_s) -> x_s (or None), got "
+            f"project must be a function project(s, x_s) -> x_s{optional}, got "
             f"{type(project).__name__}"
         )
     return project

@@ -102,6 +102,7 @@ def ddim_invert(
         eps_hat, x0_hat = predict(model, x_s, u, alpha_bar[s], False)
         if callback is not None:
             callback(i, u, x_s, x0_hat)
-        # Step 2: the DDIM step (eta = 0) run upwards, from s to u: sqrt(alpha_bar[u]) x0_hat + sigma_u eps_hat.
+        # Step 2: the DDIM step (eta = 0) run upwards, from s to u: sqrt(alpha_bar[u]) x0_hat
+        # + sigma_u eps_hat.
         x_s = ddim_step(x0_hat, eps_hat, alpha_bar[s], alpha_bar[u], 0.0)  # (B, ...)
     return x_s

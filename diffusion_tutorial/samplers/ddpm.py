@@ -42,11 +42,12 @@ def ddpm_sample(
     with x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar[t]): the same mean as Ho et al.'s
     (x_t - beta_t / sigma_t eps_hat) / sqrt(alpha_t), and no noise at the last step. The reverse
     variance is the posterior variance beta_tilde_t (Ho et al.'s "sigma_t^2 = beta_tilde_t"). The
-    step is :func:`ddim_step` with eta = 1 from t to t - 1: DDIM's eq. 12 with that eta is this
-    posterior (its eps_hat direction is x_t's part of mu_tilde). T model calls. Returns x_0 in the dtype/device of ``x_T``. ``project(s, x_prev)``, if given,
-    replaces each new state x_prev (at book time s = t - 1, down to 0) by its return value: the
-    hook of the inpainting and super-resolution projections (``samplers.inverse``), checked like a
-    model output (:func:`apply_projection`).
+    package computes the step as :func:`ddim_step` with eta = 1 from t to t - 1: DDIM's eq. 12
+    with that eta is this posterior, written with x0_hat and eps_hat instead of x0_hat and x_t
+    (the same numbers up to rounding). T model calls. Returns x_0 in the dtype/device of ``x_T``.
+    ``project(s, x_prev)``, if given, replaces each new state x_prev (at book time s = t - 1, down
+    to 0) by its return value, checked like a model output (:func:`apply_projection`): the hook
+    of the inpainting and super-resolution projections (``samplers.inverse``).
     Book: The reverse process, eq. (eq-rev-ddpm-step). Ho et al. 2020, eqs. 6-7, 11 and Algorithm 2.
     """
     x_t = check_start("x_T", x_T, schedule)
