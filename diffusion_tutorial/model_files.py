@@ -94,6 +94,17 @@ def _kind_meta(kind: str, model: nn.Module) -> dict[str, str]:
         raise TypeError(
             f"model.config must be a {KINDS[kind].config_class.__name__}, got {type(config).__name__}"
         )
+    # The file must load back: the network its config rebuilds has the same parameters (a
+    # subclass with other layers, or a config edited after construction, would not).
+    with torch.device("meta"):  # shapes only, no memory and no initialisation cost
+        rebuilt = KINDS[kind].model_class(config).state_dict()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != {k: tuple(v.shape) for k, v in rebuilt.items()}:
+        cls = KINDS[kind].model_class.__name__
+        raise ValueError(
+            f"model's parameters differ from those of {cls}(model.config) (a subclass with other "
+            f"layers, or a config changed after construction): the file could not be loaded back"
+        )
     return {
         "kind": json.dumps(kind),
         KINDS[kind].config_key: json.dumps(dataclasses.asdict(config)),

@@ -385,3 +385,18 @@ def test_load_refuses_what_is_not_a_device(shipped, device):
 def test_load_on_cuda_without_a_gpu_says_so(shipped):
     with pytest.raises(ValueError, match="device is 'cuda'.*no CUDA GPU.*'cpu'"):
         pretrained.load("mnist", device="cuda")
+
+
+def test_save_refuses_a_network_its_config_does_not_rebuild(tmp_path, tiny_model):
+    class Bigger(UNet):
+        def __init__(self, config):
+            super().__init__(config)
+            self.extra = torch.nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match=r"differ from those of UNet\(model.config\)"):
+        pretrained.save(tmp_path / "m.safetensors", Bigger(TINY), schedule=SCHEDULE)
+    edited = UNet(TINY)
+    edited.config = dataclasses.replace(TINY, base_channels=16)  # edited after construction
+    with pytest.raises(ValueError, match="could not be loaded back"):
+        pretrained.save(tmp_path / "m.safetensors", edited, schedule=SCHEDULE)
+    assert list(tmp_path.iterdir()) == []
