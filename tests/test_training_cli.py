@@ -150,3 +150,33 @@ def test_ddp_two_cpu_processes(tmp_path):
     rows = list(csv.DictReader((tmp_path / "loss.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def _no_device(name: str) -> bool:
+    kind, _, index = name.partition(":")
+    if kind == "mps":
+        return not torch.backends.mps.is_available()
+    return not torch.cuda.is_available() or int(index or 0) >= torch.cuda.device_count()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--device", "cuda"], "--device cuda"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+        (["--device", "mps"], "--device mps"),
+        (["--device", "meta"], "--device must be"),
+        (["--T", "100000"], "T must be in 1..8632"),
+        (["--T", str(10**12)], "--T"),
+    ],
+)
+def test_a_refused_device_or_T_is_one_error_line_and_exit_2(tmp_path, argv, says, capsys):
+    # Before: --device cuda without a GPU and --T 100000 (linear) printed tracebacks.
+    if argv[0] == "--device" and argv[1] != "meta" and not _no_device(argv[1]):
+        pytest.skip(f"this machine has {argv[1]}")
+    with pytest.raises(SystemExit) as exc:
+        main([*TOY, "--steps", "1", *QUIET, *argv, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and says in err, err
+    assert "Traceback" not in err and len([x for x in err.splitlines() if "error:" in x]) == 1
+    assert not (tmp_path / "run").exists()

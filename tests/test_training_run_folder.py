@@ -3,6 +3,7 @@ damaged checkpoints give our own error, and SIGKILL (mid-run or mid-write) loses
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,11 +13,19 @@ import pytest
 import torch
 
 from diffusion_tutorial.files import temp_files
+from diffusion_tutorial.training import build
 from diffusion_tutorial.training.config import ConfigError, TrainConfig
 from diffusion_tutorial.training.loop import train
 
 from .conftest import ROOT
-from .test_training import one_thread, rows, toy_config, weights  # noqa: F401 (fixture)
+from .test_training import (  # noqa: F401 (fixtures)
+    fake_mnist,
+    mnist_config,
+    one_thread,
+    rows,
+    toy_config,
+    weights,
+)
 
 
 def test_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path):
@@ -29,7 +38,12 @@ def test_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path):
     # --overwrite starts over: same result as a fresh folder, old sample grids gone.
     train(toy_config(tmp_path, steps=1, overwrite=True))
     train(toy_config(tmp_path / "fresh", steps=1))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "fresh", "loss.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt",
+        "fresh",
+        "loss.csv",
+        "run.lock",
+    ]
     assert (
         rows(tmp_path / "loss.csv")[0]["loss"] == rows(tmp_path / "fresh" / "loss.csv")[0]["loss"]
     )
@@ -171,3 +185,95 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, moment, a
     assert [r["loss"] for r in rows(tmp_path / "loss.csv")] == [
         r["loss"] for r in rows(tmp_path / "whole" / "loss.csv")
     ]
+
+
+# --- Issue 23, section 1: what the run folder must never lose ------------------------------------
+
+
+@pytest.mark.usefixtures("fake_mnist")
+@pytest.mark.parametrize(
+    "name", ["checkpoint.pt", "loss.csv", "samples_0000002.png", "run.lock", "sub/../loss.csv"]
+)
+def test_export_may_not_replace_a_file_the_run_writes(tmp_path, name):
+    # Before: --export <out>/checkpoint.pt made the run "damaged", <out>/loss.csv lost the log.
+    train(mnist_config(tmp_path, steps=1))
+    (tmp_path / "samples_0000002.png").write_bytes(b"a grid")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match="--export .* the run's own"):
+        train(mnist_config(tmp_path, steps=2, resume=True, export=str(tmp_path / name)))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.usefixtures("fake_mnist")
+def test_export_may_go_into_the_run_folder_under_another_name(tmp_path):
+    train(mnist_config(tmp_path, steps=1, export=str(tmp_path / "ema.safetensors")))
+    assert (tmp_path / "ema.safetensors").is_file() and (tmp_path / "checkpoint.pt").is_file()
+
+
+def test_overwrite_deletes_only_what_the_run_wrote(tmp_path):
+    # Before: --overwrite deleted any samples_*.png, also a reader's own files.
+    train(toy_config(tmp_path, steps=2))
+    mine = ["samples_best.png", "samples_0001.png", "samples_0000002.png.bak", "notes.txt"]
+    for name in [*mine, "samples_0000002.png"]:
+        (tmp_path / name).write_bytes(b"kept")
+    train(toy_config(tmp_path, steps=1, overwrite=True))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([*mine, "checkpoint.pt", "loss.csv", "run.lock"])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),
+        OSError(errno.EIO, "Input/output error"),
+    ],
+    ids=["permissions", "io-error"],
+)
+def test_a_checkpoint_that_cannot_be_read_is_not_called_damaged(tmp_path, monkeypatch, error):
+    # A good checkpoint that cannot be read now (permissions, a failing disk) must not get the
+    # advice "pass --overwrite", which deletes it.
+    train(toy_config(tmp_path, steps=2))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(ConfigError, match=error.strerror) as exc:
+        train(toy_config(tmp_path, steps=3, resume=True))
+    assert "not damaged" in str(exc.value) and "pass --overwrite" not in str(exc.value)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    "damage", [b"\xff\xfe\x00\x81 not text", b"step,loss\x00,lr\n1,2\n", b"no,header\n1,0.5\n"]
+)
+def test_a_damaged_loss_log_gives_our_own_error_on_resume(tmp_path, damage):
+    # Before: a raw UnicodeDecodeError (or _csv.Error) from the loss log.
+    train(toy_config(tmp_path, steps=2))
+    (tmp_path / "loss.csv").write_bytes(damage)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match="loss.csv is not a readable loss log.*--overwrite"):
+        train(toy_config(tmp_path, steps=3, resume=True))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("bad", "conditional"),
+    [(200, True), (200, False), (10, True), (-1, True)],
+    ids=["200-cond", "200-uncond", "null-class-10", "negative"],
+)
+def test_labels_outside_0_to_9_are_refused_before_the_folder_changes(
+    tmp_path, monkeypatch, bad, conditional
+):
+    # Before: 200 failed at step 1 after the folder was written; 10 (the null class) trained.
+    images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    labels = torch.arange(64) % 10
+    labels[37] = bad
+    monkeypatch.setattr(build, "mnist_train", lambda: (images, labels))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"labels in 0\.\.9, got values in") as exc:
+        train(mnist_config(out, steps=1, conditional=conditional))
+    assert str(bad) in str(exc.value) and "--dataset mnist" in str(exc.value)
+    assert not out.exists()

@@ -2,7 +2,8 @@
 
 A folder that holds a run (``checkpoint.pt`` or ``loss.csv``) is never wiped by accident: a new
 run there needs ``overwrite``, a continued one ``resume``, and a resumed run must keep every
-setting that shapes the optimisation.
+setting that shapes the optimisation. One run at a time uses a folder (:mod:`.lock`), and
+``overwrite`` deletes only the files a run writes (:func:`is_run_file`).
 
 Book: Training the U-Net (Part 2; checkpoints and resuming).
 """
@@ -12,15 +13,19 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from diffusion_tutorial.checks import check_labels
 from diffusion_tutorial.files import atomic_write, temp_files
 from diffusion_tutorial.training.config import ConfigError, TrainConfig, resume_mismatches
 from diffusion_tutorial.training.ema import EMA
+from diffusion_tutorial.training.lock import LOCK, RunLock
 
 __all__ = [
     "CHECKPOINT",
@@ -30,12 +35,36 @@ __all__ = [
     "read_checkpoint",
     "restore_checkpoint",
     "check_run_folder",
+    "claim_run_folder",
     "clear_run_folder",
+    "is_run_file",
 ]
 
 CHECKPOINT, LOSS_LOG = "checkpoint.pt", "loss.csv"
 _KEYS = ("step", "wall_time_s", "model", "ema", "optimizer", "scaler", "generator", "cpu_rng")
 _KEYS += ("cuda_rng", "train_config", "model_config", "loss_window")
+_GRID = re.compile(r"samples_\d{7,}\.png")  # the sample grids a run writes: samples_<step>.png
+_DAMAGED = "Restore a copy, or pass --overwrite to start the run over"
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a run writes a file called ``name`` in its folder: checkpoint, loss log, lock,
+    sample grids and the temp files of atomic writes."""
+    own = (CHECKPOINT, LOSS_LOG, LOCK)
+    return (
+        name in own
+        or _GRID.fullmatch(name) is not None
+        or any(name.startswith(f".{n}.tmp") for n in own)
+    )
+
+
+def _cannot_read(path: Path, err: OSError) -> ConfigError:
+    """The error for a file the system refuses to read (permissions, I/O): not damage."""
+    return ConfigError(
+        f"cannot read {path} ({err.strerror or err}): the file is not damaged as far as "
+        "diffusion_tutorial can tell; fix what the system reports (permissions, the disk) and "
+        "run again. --overwrite would delete the run"
+    )
 
 
 def save_checkpoint(
@@ -75,17 +104,18 @@ def read_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     says what is wrong with the file (never torch's advice to unpickle untrusted code)."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except OSError as err:  # permissions, a failing disk: the file may well be good
+        raise _cannot_read(path, err) from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
         raise ConfigError(
             f"{path} is not a readable training checkpoint ({type(err).__name__}): it is damaged "
-            "or was not written by diffusion_tutorial. Restore a copy, or pass --overwrite to "
-            "start the run over"
+            f"or was not written by diffusion_tutorial. {_DAMAGED}"
         ) from None
     missing = [k for k in _KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ConfigError(
-            f"{path} is not a diffusion_tutorial training checkpoint (missing {missing}); "
-            "restore a copy, or pass --overwrite to start the run over"
+            f"{path} is not a diffusion_tutorial training checkpoint (missing {missing}). "
+            f"{_DAMAGED}"
         )
     return state
 
@@ -152,6 +182,8 @@ def check_run_folder(
             raise ConfigError(
                 f"--steps must be >= the checkpoint's step {state['step']} to resume, got {cfg.steps}"
             )
+        if (out / LOSS_LOG).exists():
+            read_loss_rows(out / LOSS_LOG)  # a damaged log fails here, not after the first step
         return state
     held = [name for name in (CHECKPOINT, LOSS_LOG) if (out / name).exists()]
     if held and not cfg.overwrite:
@@ -162,11 +194,79 @@ def check_run_folder(
     return None
 
 
+def check_export_path(export: str | os.PathLike, out: Path) -> None:
+    """Refuse an ``--export`` path that names a file the run writes in its folder ``out``
+    (it would make the checkpoint unreadable or replace the loss log); other names there are
+    fine. Symlinks and ``..`` are resolved first."""
+    path = Path(export).resolve()
+    if is_run_file(path.name) and path.parent == out.resolve():
+        raise ConfigError(
+            f"--export {export} would replace the run's own {path.name} in --out {out}; export "
+            f"to another name, e.g. {out / 'ema.safetensors'}"
+        )
+
+
+def claim_run_folder(
+    lock: RunLock,
+    cfg: TrainConfig,
+    model: nn.Module,
+    device: torch.device,
+    labels: torch.Tensor | None,
+) -> dict[str, Any] | None:
+    """The run folder's checks and lock, in the order that keeps a folder safe; returns what
+    :func:`check_run_folder` returns.
+
+    1. The data's labels and the ``--export`` path (nothing in the folder changes if refused).
+    2. The folder's lock (:class:`RunLock`): a live run there refuses this one, naming its pid,
+       whatever ``--resume`` or ``--overwrite`` say.
+    3. :func:`check_run_folder`, under the lock, so no other run can change what it saw.
+    """
+    if labels is not None:  # a label >= 10 fails at step 1, or (10) trains the null class
+        classes = getattr(model.config, "num_classes", None) or 10  # MNIST's 10 digits
+        try:
+            check_labels("the training labels", labels, None, classes - 1)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"--dataset {cfg.dataset}: {err} ({classes} is the null class of classifier-free "
+                "guidance); the data files are damaged: replace them (MNIST: under "
+                "$DIFFUSION_TUTORIAL_DATA)"
+            ) from None
+    out = Path(cfg.out_dir)
+    if cfg.export:
+        check_export_path(cfg.export, out)
+    lock.acquire()
+    return check_run_folder(out, cfg, model, device)
+
+
 def clear_run_folder(out: Path) -> None:
-    """Delete what a previous run wrote in ``out`` (checkpoint, loss log, grids, temp files)."""
-    ckpt = out / CHECKPOINT
-    for path in [ckpt, out / LOSS_LOG, *out.glob("samples_*.png"), *temp_files(ckpt)]:
+    """Delete what a previous run wrote in ``out``: checkpoint, loss log, the sample grids named
+    ``samples_<step>.png`` and temp files; never other files, never the lock file."""
+    ckpt, log = out / CHECKPOINT, out / LOSS_LOG
+    grids = [p for p in out.glob("samples_*.png") if _GRID.fullmatch(p.name)]
+    for path in [ckpt, log, *grids, *temp_files(ckpt), *temp_files(log)]:
         path.unlink(missing_ok=True)
+
+
+def read_loss_rows(path: Path) -> list[list[str]]:
+    """The rows of a loss log below its header, or a :class:`ConfigError` that says the file is
+    damaged (not text, not CSV, another header) or cannot be read."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except OSError as err:
+        raise _cannot_read(path, err) from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(
+            f"{path} is not a readable loss log ({type(err).__name__}): it is damaged or was not "
+            f"written by diffusion_tutorial. {_DAMAGED}"
+        ) from None
+    if rows[:1] != [LossLog.header]:
+        raise ConfigError(
+            f"{path} is not a readable loss log (its first line is not the header "
+            f"{','.join(LossLog.header)}): it is damaged or was not written by "
+            f"diffusion_tutorial. {_DAMAGED}"
+        )
+    return rows[1:]
 
 
 def _row_step(row: list[str]) -> float:
@@ -191,8 +291,7 @@ class LossLog:
             return
         rows: list[list[str]] = []
         if keep_until is not None and path.exists():
-            with path.open(newline="") as f:
-                rows = [r for r in list(csv.reader(f))[1:] if _row_step(r) <= keep_until]
+            rows = [r for r in read_loss_rows(path) if _row_step(r) <= keep_until]
         text = io.StringIO()
         csv.writer(text).writerows([self.header, *rows])
         atomic_write(

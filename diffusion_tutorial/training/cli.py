@@ -30,7 +30,9 @@ __all__ = ["main", "parse_args", "build_parser"]
 _DESCRIPTION = (
     "Train a DDPM noise predictor (L_simple) on MNIST or a toy 2-D data set. Writes "
     "checkpoint.pt, loss.csv and sample grids (PNG) to --out; a folder that holds a run needs "
-    "--resume (continue) or --overwrite (start over). --export writes the EMA weights as "
+    "--resume (continue) or --overwrite (start over), and one run at a time: a run holds "
+    "the lock file run.lock in --out while it trains (not on Windows, which lacks fcntl: "
+    "never start two runs in one folder there). --export writes the EMA weights as "
     "safetensors for diffusion_tutorial.pretrained. Multi-GPU/CPU: run the same command under "
     "`torchrun --nproc_per_node=N -m diffusion_tutorial.train ...`."
 )

@@ -103,7 +103,7 @@ class TrainConfig:
     schedule: str = option(
         "linear", "noise schedule", choices=tuple(SCHEDULES), same_on_resume=True
     )
-    T: int = option(1000, "number of diffusion steps T", low=1, same_on_resume=True)
+    T: int = option(1000, "number of diffusion steps T", low=1, high=1_000_000, same_on_resume=True)
     conditional: bool = option(
         False, "class-conditional model with a learned null class (MNIST only)", same_on_resume=True
     )
@@ -148,8 +148,9 @@ class TrainConfig:
     )
     overwrite: bool = option(
         False,
-        "start over in an --out folder that holds a run (deletes its "
-        "checkpoint.pt, loss.csv and sample grids)",
+        "start over in an --out folder that holds a run (deletes the checkpoint.pt, "
+        "loss.csv and samples_<step>.png a run wrote there; other files stay). Refused while "
+        "another run trains there",
     )
     init: str | None = option(
         None,
@@ -199,13 +200,38 @@ class TrainConfig:
         if not self.out_dir:
             raise ConfigError("--out must be a folder path, got ''")
         if self.device is not None:
-            try:
-                torch.device(self.device)
-            except RuntimeError as err:
-                raise ConfigError(
-                    f"--device must be cuda, mps or cpu (or e.g. cuda:1): {err}"
-                ) from None
+            _check_device(self.device)
+        try:  # e.g. the linear schedule's alpha_bar_T underflows float32 beyond T = 8632
+            SCHEDULES[self.schedule](self.T)
+        except ValueError as err:
+            raise ConfigError(f"--T (with --schedule {self.schedule}): {err}") from None
         return self
+
+
+def _check_device(name: str) -> None:
+    """Refuse a --device that is not cpu, cuda or mps, or that this machine does not have."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"--device must be cuda, mps or cpu (or e.g. cuda:1): {err}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device must be cuda, mps or cpu (or e.g. cuda:1), got {name!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"--device {name}: PyTorch finds no CUDA GPU on this machine (no GPU, no driver, "
+                "or a CPU-only PyTorch); pass --device cpu, or none for the best available"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"--device {name}: Apple's MPS is not available on this machine; pass --device cpu, "
+            "or none for the best available"
+        )
 
 
 def _check_field(field: dataclasses.Field, value: Any) -> None:

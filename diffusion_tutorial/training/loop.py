@@ -30,6 +30,7 @@ from torch import nn
 from diffusion_tutorial.training.build import init_provenance
 from diffusion_tutorial.training.checkpoints import CHECKPOINT, save_checkpoint
 from diffusion_tutorial.training.config import TrainConfig
+from diffusion_tutorial.training.lock import RunLock
 from diffusion_tutorial.training.outputs import export_weights, hardware_name, save_sample_grid
 from diffusion_tutorial.training.setup import (
     Process,
@@ -64,8 +65,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     """
     started = time.perf_counter()
     proc = this_process(cfg.validate())
-    run, checkpoint = prepare_run(cfg, proc, started)  # the run folder is not changed yet
-    with torch.random.fork_rng(devices=proc.cuda_devices):  # dropout's RNG, restored afterwards
+    lock = RunLock(cfg.out_dir, enabled=proc.rank == 0)  # one run owns a folder (rank 0 locks)
+    with lock, torch.random.fork_rng(devices=proc.cuda_devices):  # dropout's RNG, restored after
+        run, checkpoint = prepare_run(cfg, proc, started, lock)  # only the lock file changes
         torch.manual_seed(cfg.seed + 7919 * proc.rank)
         open_run_folder(run, checkpoint)  # a fresh start, or the state of the checkpoint
         run.model.train()

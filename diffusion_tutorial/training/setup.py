@@ -29,12 +29,13 @@ from diffusion_tutorial.training.build import autocast_dtype, build_model, load_
 from diffusion_tutorial.training.checkpoints import (
     LOSS_LOG,
     LossLog,
-    check_run_folder,
+    claim_run_folder,
     clear_run_folder,
     restore_checkpoint,
 )
 from diffusion_tutorial.training.config import ConfigError, TrainConfig
 from diffusion_tutorial.training.ema import EMA
+from diffusion_tutorial.training.lock import RunLock
 
 __all__ = ["Process", "Run", "this_process", "prepare_run", "open_run_folder"]
 
@@ -108,12 +109,14 @@ def this_process(cfg: TrainConfig) -> Process:
 
 
 def prepare_run(
-    cfg: TrainConfig, proc: Process, started: float
+    cfg: TrainConfig, proc: Process, started: float, lock: RunLock
 ) -> tuple[Run, dict[str, Any] | None]:
     """Check everything that can refuse the run, then build the training objects.
 
     Returns the :class:`Run` at step 0 and the checkpoint to resume from (None for a fresh
-    start). Changes nothing in the run folder: a :class:`ConfigError` here leaves it as it was.
+    start). Changes nothing in the run folder but its lock file: ``lock`` is taken just before
+    the folder's state is checked (a live run there refuses this one), and the caller's
+    ``with lock`` releases it. A :class:`ConfigError` here leaves the run as it was.
     """
     # 1. Everything that can refuse the run.
     x_all, y_all = load_dataset(cfg)
@@ -123,9 +126,9 @@ def prepare_run(
     with torch.random.fork_rng(devices=[]):  # weight init: seeded, same on every rank
         torch.manual_seed(cfg.seed)
         net = build_model(cfg, x_all).to(proc.device)
-    checkpoint = check_run_folder(Path(cfg.out_dir), cfg, net, proc.device)
-    if cfg.init and checkpoint is None:
+    if cfg.init and not cfg.resume:  # a resumed run starts from its checkpoint instead
         load_init(net, cfg, schedule)
+    checkpoint = claim_run_folder(lock, cfg, net, proc.device, y_all)  # labels, --export, lock
     try:
         check_writable(Path(cfg.out_dir) / LOSS_LOG, "--out")
         if cfg.export:
