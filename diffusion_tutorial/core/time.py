@@ -109,15 +109,15 @@ class NoiseLevel:
         return cls(-torch.log(s))
 
     @classmethod
-    def from_flow_time_noise_at_0(cls, s: torch.Tensor | float) -> NoiseLevel:
-        """From flow time s in [0, 1] of x = s x_0 + (1 - s) eps (Lipman, Liu): lam = log(s / (1 - s))."""
-        s = _as_float64("s", s, 0.0, 1.0)
+    def from_flow_time_noise_at_0(cls, flow_t: torch.Tensor | float) -> NoiseLevel:
+        """From flow time s = ``flow_t`` in [0, 1] of x = s x_0 + (1 - s) eps (Lipman, Liu): lam = log(s / (1 - s))."""
+        s = _as_float64("flow_t", flow_t, 0.0, 1.0)
         return cls(torch.log(s) - torch.log1p(-s))
 
     @classmethod
-    def from_flow_time_data_at_0(cls, u: torch.Tensor | float) -> NoiseLevel:
-        """From flow time u in [0, 1] of x = (1 - u) x_0 + u eps (SD3, minRF): lam = log((1 - u) / u)."""
-        u = _as_float64("u", u, 0.0, 1.0)
+    def from_flow_time_data_at_0(cls, flow_t: torch.Tensor | float) -> NoiseLevel:
+        """From flow time u = ``flow_t`` in [0, 1] of x = (1 - u) x_0 + u eps (SD3, minRF): lam = log((1 - u) / u)."""
+        u = _as_float64("flow_t", flow_t, 0.0, 1.0)
         return cls(torch.log1p(-u) - torch.log(u))
 
     @classmethod
