@@ -82,9 +82,9 @@ def classifier_free_guidance(
         B = x_t.shape[0]
         if B != y.shape[0]:
             raise ValueError(f"x_t has batch {B} but y has {y.shape[0]} labels")
-        # Check t against the caller's batch B: the model sees 2B and would report that.
-        T = getattr(model.config, "T", None)
-        t = check_time_indices("t", t, B, 1, T if T is not None else 2**62, x_t.device)  # (B,)
+        # Check t's shape against the caller's batch B (the model sees 2B and would report
+        # that); its values are the model's to check, without a second device sync here.
+        t = check_time_indices("t", t, B, 1, 0, x_t.device, check_values=False)  # (B,)
         labels = y.to(x_t.device)  # (B,)
         null = torch.full_like(labels, num_classes)  # (B,)
         try:
