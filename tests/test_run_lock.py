@@ -7,6 +7,7 @@ decide the outcome.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from diffusion_tutorial.training import lock
 from diffusion_tutorial.training.cli import main
+from diffusion_tutorial.training.config import ConfigError
 from diffusion_tutorial.training.lock import LOCK
 from diffusion_tutorial.training.loop import train
 
@@ -176,3 +178,25 @@ def test_without_fcntl_the_run_goes_on_unlocked_and_says_so(tmp_path, monkeypatc
     assert train(toy_config(tmp_path, steps=1)).step == 1
     assert "no lock" in capsys.readouterr().out
     assert not (tmp_path / LOCK).exists()
+
+
+def test_a_folder_where_no_lock_file_can_be_made_is_one_clear_error(tmp_path, monkeypatch):
+    # A read-only disk: the run cannot write anyway; say so, never advise --overwrite.
+    train(toy_config(tmp_path, steps=1))
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(lock, "open", read_only, raising=False)
+    with pytest.raises(ConfigError, match="run.lock .Read-only file system") as exc:
+        train(toy_config(tmp_path, steps=2, resume=True))
+    assert "--overwrite" not in str(exc.value)
+
+
+def test_a_file_system_without_locks_trains_unlocked_and_says_so(tmp_path, monkeypatch, capsys):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(lock.fcntl, "flock", no_locks)
+    assert train(toy_config(tmp_path, steps=1)).step == 1
+    assert "No locks available" in capsys.readouterr().out

@@ -69,7 +69,7 @@ class RunLock:
             ) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # BlockingIOError: another open file holds it
+        except BlockingIOError:  # another open file holds it
             f.seek(0)
             holder = f.read().split()
             f.close()
@@ -80,6 +80,15 @@ class RunLock:
                 "wait for it to end or stop it, or choose another --out. --overwrite does not "
                 "override a live run"
             ) from None
+        except OSError as err:  # a file system without locks (some network mounts)
+            f.close()
+            print(
+                f"note: no lock on {self.out}: its file system refuses one "
+                f"({err.strerror or err}); do not start a second run in this folder while this "
+                "one trains",
+                flush=True,
+            )
+            return
         f.truncate(0)
         f.write(f"{os.getpid()} {socket.gethostname()}\n")
         f.flush()
