@@ -1,6 +1,6 @@
 """Stochastic DPM-Solver++ of order 1 or 2: an exponential integrator for the reverse SDE.
 
-Book: The score/SDE view (Part 3). Lu et al. 2022b (the SDE-DPM-Solver++ of the authors' code and
+Book: DPM-Solver++ (Part 3). Lu et al. 2022b (the SDE-DPM-Solver++ of the authors' code and
 of diffusers' ``algorithm_type="sde-dpmsolver++"``); Song et al. 2021 (score SDE), eq. 6.
 """
 
@@ -58,7 +58,7 @@ def dpm_solver_sde_sample(
     :func:`logsnr_timesteps`). ``project(s, x_s)``, if given, replaces each new state (checked
     like a model output). The injected noise corrects part of an imperfect model's error
     instead of carrying it along.
-    Book: The score/SDE view (Part 3). Lu et al. 2022b (SDE-DPM-Solver++(2M), Algorithm 2's D).
+    Book: DPM-Solver++ (Part 3). Lu et al. 2022b (SDE-DPM-Solver++(2M), Algorithm 2's D).
     """
     x_t = check_start("x_T", x_T, schedule)
     order = check_int_in_range("order", order, 1, 2)
