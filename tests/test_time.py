@@ -14,7 +14,12 @@ import torch
 from diffusion_tutorial.core.schedules import cosine_schedule, linear_schedule
 from diffusion_tutorial.core.time import NoiseLevel, check_book_times
 
-SCHEDULES = {"linear": linear_schedule(), "cosine": cosine_schedule(), "T=7": linear_schedule(7)}
+SCHEDULES = {
+    "linear": linear_schedule(),
+    "cosine": cosine_schedule(),
+    "T=7": linear_schedule(7),
+    "T=1": linear_schedule(1, 0.5, 0.5),
+}
 # Book times between t = 0 and T = 1000, grid and non-grid (dense below t = 1 and near T).
 T_POINTS = torch.cat(
     [
