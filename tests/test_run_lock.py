@@ -131,9 +131,8 @@ def test_the_kernel_releases_the_lock_of_a_killed_run(tmp_path):
     assert train(toy_config(out, steps=6, checkpoint_every=2, resume=True)).step == 6
 
 
-@pytest.mark.parametrize(
-    "extra", [pytest.param([], marks=pytest.mark.slow), ["--overwrite"]], ids=["new", "overwrite"]
-)
+@pytest.mark.slow  # two children importing torch at once: ~20 s on two busy cores
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]], ids=["new", "overwrite"])
 def test_two_runs_started_at_the_same_instant_exactly_one_wins(tmp_path, extra):
     # Before: both trained and interleaved their rows. Both children finish importing, then
     # one file releases them at the same moment.

@@ -35,9 +35,11 @@ __all__ = [
     "read_checkpoint",
     "restore_checkpoint",
     "check_run_folder",
+    "check_export_path",
     "claim_run_folder",
     "clear_run_folder",
     "is_run_file",
+    "read_loss_rows",
 ]
 
 CHECKPOINT, LOSS_LOG = "checkpoint.pt", "loss.csv"
