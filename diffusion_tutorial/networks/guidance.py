@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from diffusion_tutorial.checks import check_float_in_range, check_labels, check_time_indices
+from diffusion_tutorial.checks import check_float_in_range, check_labels
 from diffusion_tutorial.core.parameterization import Model, x0_from_eps
 from diffusion_tutorial.core.schedules import NoiseSchedule
 
@@ -83,8 +83,13 @@ def classifier_free_guidance(
         if B != y.shape[0]:
             raise ValueError(f"x_t has batch {B} but y has {y.shape[0]} labels")
         # Check t's shape against the caller's batch B (the model sees 2B and would report
-        # that); its values are the model's to check, without a second device sync here.
-        t = check_time_indices("t", t, B, 1, 0, x_t.device, check_values=False)  # (B,)
+        # that); its dtype and values are the model's to check (integer or fractional book t).
+        t = _time_batch(t, x_t)  # (B,)
+        if t.shape != (B,):
+            raise ValueError(
+                f"t must have shape ({B},) (one time per example) or be a scalar, got "
+                f"{tuple(t.shape)}"
+            )
         labels = y.to(x_t.device)  # (B,)
         null = torch.full_like(labels, num_classes)  # (B,)
         try:
