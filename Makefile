@@ -1,6 +1,6 @@
 # Diffusion Models, Step by Step: build the book, run the tests, open the notebooks.
-#   make book   build the whole book, executing every notebook  -> _build/html/index.html
-#   make test   everything CI runs (lint, unit tests, notebooks, fast-mode book, browser test)
+#   make book   execute every notebook (nbval, 2 at a time), then build the book  -> _build/html/index.html
+#   make test   everything CI runs (lint, unit tests, notebooks with nbval, fast-mode book, browser test)
 #   make quick  the unit tests without the `slow` ones (a couple of minutes)
 #   make lab    open the notebooks in JupyterLab
 # Each target creates .venv and installs what it needs on first use; later runs reuse it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 
@@ -51,8 +50,8 @@ def test_every_notebook_is_in_the_toc():
 
 def test_execution_settings():
     execute = CONFIG["execute"]
-    # `make book` executes every notebook; `make test` builds from a cached copy of this config
-    # (scripts/execute_notebooks.py), never by changing it.
+    # A plain `jupyter-book build .` executes every notebook; `make test` and `make book` build from
+    # a copy of this config that reads nbval's outputs from a cache (tests/nbval_cache.py).
     assert execute["execute_notebooks"] == "force"
     assert execute["timeout"] >= 600  # training cells in full mode take minutes
     assert execute["allow_errors"] is False
@@ -71,16 +70,12 @@ def test_exclude_patterns_name_paths_of_the_project():
         )
 
 
-@pytest.mark.slow  # importing the script loads jupyter-cache and MyST-NB: seconds
 def test_fast_build_config_changes_only_where_outputs_come_from(tmp_path):
-    """`make test` builds from scripts/execute_notebooks.py's copy of this config: same book."""
-    pytest.importorskip("jupyter_cache")  # the `book` extra
-    spec = importlib.util.spec_from_file_location(
-        "execute_notebooks", ROOT / "scripts/execute_notebooks.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    fast = script.fast_build_config(CONFIG, tmp_path / "cache")
+    """`make test` and `make book` build from tests/nbval_cache.py's copy of this config: same book."""
+    pytest.importorskip("nbformat")  # the `book` extra
+    from tests import nbval_cache as script
+
+    fast = script.build_config(CONFIG, tmp_path / "cache")
     assert fast["execute"].pop("execute_notebooks") == "cache"
     assert fast["execute"].pop("cache") == str((tmp_path / "cache").resolve())
     for name, folder in (fast.get("sphinx", {}).get("local_extensions") or {}).items():
@@ -91,11 +86,9 @@ def test_fast_build_config_changes_only_where_outputs_come_from(tmp_path):
         "execute": {k: v for k, v in CONFIG["execute"].items() if k != "execute_notebooks"},
     }
     assert fast == expected
-    pages = {
-        str(p.relative_to(ROOT).with_suffix("")) for p in script.toc_notebooks(ROOT / "_toc.yml")
-    }
+    pages = {str(p.relative_to(ROOT).with_suffix("")) for p in script.toc_notebooks()}
     notebooks = {n for n in toc_files() if (ROOT / f"{n}.ipynb").exists()}
-    assert notebooks <= pages, "every notebook of the book is executed before the fast build"
+    assert notebooks == pages, "nbval executes every notebook of the book before the build"
 
 
 def test_mathjax_is_local():
