@@ -16,6 +16,7 @@ where a missing browser or book fails.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http.server
 import os
@@ -66,29 +67,15 @@ def server():
     httpd.shutdown()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    executable = _chromium()
-    if executable is None:
-        _missing("no system Chromium found (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright for Python is not installed")
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=executable,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield b
-        b.close()
+def _launch_args() -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
 
 
 PAGES = toc_files()
@@ -133,6 +120,12 @@ def _expected_figures(name: str) -> int:
     return 0
 
 
+@functools.cache
+def _html_text(path: Path) -> str:
+    """A built page's HTML, read once however many links point into it."""
+    return path.read_text(errors="replace")
+
+
 def _check_internal_links(page_path: Path, links: list[str], ids: list[str]) -> list[str]:
     bad = []
     for href in links:
@@ -147,45 +140,96 @@ def _check_internal_links(page_path: Path, links: list[str], ids: list[str]) -> 
             continue
         frag = unquote(url.fragment)
         if frag and target.suffix == ".html":
-            target_ids = ids if target == page_path else None
-            if target_ids is None:
-                html = target.read_text(errors="replace")
-                found = f'id="{frag}"' in html
+            if target == page_path:
+                found = frag in ids
             else:
-                found = frag in target_ids
+                found = f'id="{frag}"' in _html_text(target)
             if not found:
                 bad.append(f"{href} -> no anchor #{frag}")
     return bad
 
 
+PARALLEL_PAGES = 4  # pages open at once, one browser context each
+
+
+async def _visit(browser, server: str, name: str) -> dict:
+    """Open one page in its own context; return its report, screenshot taken."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = await context.new_page()
+        outside: list[str] = []
+
+        async def route(r):
+            host = urlparse(r.request.url).hostname
+            if host in ("127.0.0.1", None) or r.request.url.startswith("data:"):
+                await r.continue_()
+            else:
+                outside.append(r.request.url)
+                await r.abort()
+
+        await page.route("**/*", route)
+        console_errors: list[str] = []
+        page.on("pageerror", lambda err: console_errors.append(str(err)))
+        await page.goto(f"{server}/{name}.html", wait_until="load")
+        report = await page.evaluate(PAGE_REPORT_JS)
+        # The top of each page, at most SHOT_HEIGHT pixels: a full-page screenshot of the API
+        # reference (over 60,000 pixels tall) takes longer than Playwright's timeout.
+        height = min(await page.evaluate("document.documentElement.scrollHeight"), SHOT_HEIGHT)
+        clip = {"x": 0, "y": 0, "width": 1280, "height": height}
+        shot = SHOTS / f"{name.replace('/', '__')}.png"
+        await page.screenshot(path=str(shot), full_page=True, clip=clip)
+        report["consoleErrors"] = console_errors
+        report["outside"] = outside
+        return report
+    finally:
+        await context.close()
+
+
+async def _visit_all(executable: str, server: str, names: list[str]) -> dict[str, dict]:
+    """Every page once, PARALLEL_PAGES at a time in one Chromium; a page that could not be
+    visited maps to {"error": ...}, which its test reports."""
+    from playwright.async_api import async_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    limit = asyncio.Semaphore(PARALLEL_PAGES)
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=executable, args=_launch_args())
+
+        async def one(name: str) -> tuple[str, dict]:
+            async with limit:
+                try:
+                    return name, await _visit(browser, server, name)
+                except Exception as err:  # reported by that page's test, the others still run
+                    return name, {"error": f"{type(err).__name__}: {err}"}
+
+        try:
+            results = await asyncio.gather(*(one(name) for name in names))
+        finally:
+            await browser.close()
+    return dict(results)
+
+
+@pytest.fixture(scope="module")
+def page_reports(server) -> dict[str, dict]:
+    """What the browser saw on each page of _toc.yml, all visited once (see _visit_all)."""
+    executable = _chromium()
+    if executable is None:
+        _missing("no system Chromium found (apt-get install chromium)")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        _missing("playwright for Python is not installed")
+    names = [name for name in PAGES if (HTML / f"{name}.html").exists()]
+    return asyncio.run(_visit_all(executable, server, names))
+
+
 @pytest.mark.parametrize("name", PAGES)
-def test_page(server, browser, name):
+def test_page(page_reports, name):
     page_path = HTML / f"{name}.html"
     assert page_path.exists(), f"{name}.html was not built"
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    outside = []
-
-    def route(r):
-        host = urlparse(r.request.url).hostname
-        if host in ("127.0.0.1", None) or r.request.url.startswith("data:"):
-            r.continue_()
-        else:
-            outside.append(r.request.url)
-            r.abort()
-
-    page.route("**/*", route)
-    console_errors = []
-    page.on("pageerror", lambda err: console_errors.append(str(err)))
-    page.goto(f"{server}/{name}.html", wait_until="load")
-    report = page.evaluate(PAGE_REPORT_JS)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    # The top of each page, at most SHOT_HEIGHT pixels: a full-page screenshot of the API reference
-    # (over 60,000 pixels tall) takes longer than Playwright's timeout on a busy two-core machine.
-    height = min(page.evaluate("document.documentElement.scrollHeight"), SHOT_HEIGHT)
-    clip = {"x": 0, "y": 0, "width": 1280, "height": height}
-    page.screenshot(path=str(SHOTS / f"{name.replace('/', '__')}.png"), full_page=True, clip=clip)
-    context.close()
+    report = page_reports[name]
+    assert "error" not in report, f"the page could not be visited: {report.get('error')}"
+    # Requests that leave 127.0.0.1 were blocked; the checks below show what broke without them.
 
     if report["mathSource"]:
         assert report["mathjaxLoaded"], "MathJax did not load from the local copy"
@@ -203,7 +247,7 @@ def test_page(server, browser, name):
     assert report["tracebacks"] == 0 and not report["errorText"], "error output in a cell"
     # sphinx-thebe 0.3 registers its config script twice under Jupyter Book 1, which redeclares a
     # constant; thebe (live code cells) is not used by this book, so that one error is harmless.
-    console_errors = [e for e in console_errors if "THEBE_JS_URL" not in e]
+    console_errors = [e for e in report["consoleErrors"] if "THEBE_JS_URL" not in e]
     assert not console_errors, f"JavaScript errors: {console_errors}"
     bad = _check_internal_links(page_path, report["links"], report["ids"])
     assert not bad, f"broken internal links: {bad}"
