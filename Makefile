@@ -38,6 +38,8 @@ FULL_DIR    := _build/full
 # nbval with the cell timeout of _config.yml (execute: timeout:); tests/nbval_cache.py fills the
 # build cache. `python -m` puts the repository on sys.path, so that `-p tests.nbval_cache` imports.
 CELL_TIMEOUT := $(shell sed -n 's/^  timeout: *\([0-9][0-9]*\).*/\1/p' _config.yml)
+# What nbval collects (of these, only the notebooks of _toc.yml), e.g. NOTEBOOKS=notebooks/part4_beyond
+NOTEBOOKS ?= notebooks
 NBVAL = $(BIN)/python -m pytest -p tests.nbval_cache --nbval-lax --nbval-current-env \
 	--nbval-cell-timeout=$(CELL_TIMEOUT) -n $(JOBS) --dist loadfile --no-loadscope-reorder
 # A build that executes an .ipynb page itself did not find it in the cache: it ran twice.
@@ -77,7 +79,7 @@ $(MATHJAX_DIR)/tex-chtml.js: $(STAMP)
 # build's cache, then the build takes their outputs from it (and executes the two .md pages).
 notebooks-full: $(STAMP)
 	@t0=$$(date +%s); DIFFUSION_TUTORIAL_TEXT_PROGRESS=1 $(NBVAL) --book-cache _build/.jupyter_cache \
-		--book-config-out $(FULL_DIR)/_config.yml notebooks; \
+		--book-config-out $(FULL_DIR)/_config.yml $(NOTEBOOKS); \
 		rc=$$?; echo "TIME notebooks, full mode (nbval, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
 
 book: notebooks-full mathjax
@@ -90,7 +92,7 @@ book: notebooks-full mathjax
 # Fast mode, into its own folder (and its own cache) so it never mixes with the full build.
 notebooks-fast: $(STAMP)
 	@t0=$$(date +%s); $(FAST_ENV) $(NBVAL) --book-cache $(FAST_DIR)/_build/.jupyter_cache \
-		--book-config-out $(FAST_DIR)/_config.yml notebooks; \
+		--book-config-out $(FAST_DIR)/_config.yml $(NOTEBOOKS); \
 		rc=$$?; echo "TIME notebooks (nbval, $(JOBS) at a time): $$(( $$(date +%s) - t0 )) s, status $$rc"; exit $$rc
 
 book-fast: notebooks-fast mathjax
