@@ -2,13 +2,16 @@
 
 `make test` (fast mode) and `make book` (full mode) run
 
-    python -m pytest -p tests.nbval_cache --nbval-lax --nbval-current-env -n 2 --dist loadfile \
-        --book-cache _build/fast/_build/.jupyter_cache --book-config-out _build/fast/_config.yml \
-        notebooks
+    python -m pytest -p tests.nbval_cache --nbval-lax --nbval-current-env --nbval-cell-timeout=900 \
+        -n 2 --dist loadfile --no-loadscope-reorder --book-cache _build/fast/_build/.jupyter_cache \
+        --book-config-out _build/fast/_config.yml notebooks
+
+(fast mode adds DIFFUSION_TUTORIAL_FAST=1; the cell timeout is _config.yml's execute.timeout)
 
 nbval runs every code cell of every notebook of _toc.yml as a test item, in a kernel started in
 the notebook's own folder (as the book build does); `--dist loadfile` keeps all cells of one
-notebook on one xdist worker, so two notebooks run at a time. This plugin adds what the book needs:
+notebook on one xdist worker, so two notebooks run at a time, the later chapters (the longer ones)
+first. This plugin adds what the book needs:
 
 1. Each kernel gets its share of the CPU cores (OMP_NUM_THREADS = cores // workers, so one torch
    thread per kernel with two workers on two cores), set before the workers and kernels start.
