@@ -102,7 +102,11 @@ def _notebook_sources():
         yield path, "\n".join("".join(c["source"]) for c in nb["cells"])
 
 
-GITHUB_URL = re.compile(r"https://github\.com/[\w.-]+/[\w.-]+")
+GITHUB_URL = re.compile(
+    r"https://github\.com/[\w.-]+/[\w.-]+(?![\w.-])(?!/(?:issues|pull|discussions)/\d)"
+)
+"""A GitHub repository URL, except a link into another project's issue or pull-request thread
+(a citation, such as RePaint's typo report, not a place the book points readers to install from)."""
 
 
 def test_repository_url_defined_once():
