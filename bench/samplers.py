@@ -32,6 +32,7 @@ from diffusion_tutorial.core.schedules import linear_schedule
 from diffusion_tutorial.samplers import (
     ddim_sample,
     ddpm_sample,
+    dpm_solver_3_exact_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
     leading_timesteps,
@@ -158,6 +159,17 @@ def deterministic_table(schedule) -> None:
                 for n in NFES
             ]
             row(f"ours DPM-Solver++({order}M), {name}{star}", errs)
+    for name, fn in SPACINGS.items():  # order 3 as the exact parabola, not the common 3M
+        errs = [
+            rms(
+                dpm_solver_3_exact_sample(
+                    model, schedule, x_T, steps=n, timesteps=fn, progress=False
+                ),
+                ref,
+            )
+            for n in NFES
+        ]
+        row(f"ours DPM-Solver++(3, exact parabola), {name}", errs)
     if not HAVE_DIFFUSERS:
         print("(diffusers not installed: no peer rows)")
         return
