@@ -204,8 +204,8 @@ def _file_kind(path: Path, meta: dict[str, Any]) -> str:
     if kind not in KINDS:
         raise ValueError(
             f"{path} holds a network of kind {kind!r}, which this version of diffusion_tutorial "
-            f"cannot build (it builds: {', '.join(sorted(KINDS))}); a newer version of the "
-            "package may (flow, autoencoder and few-step models are added by later chapters)"
+            f"cannot build (it builds: {', '.join(sorted(KINDS))}); a file from a newer version of "
+            "the package may need that version"
         )
     return kind
 
