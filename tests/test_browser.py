@@ -1,10 +1,11 @@
 """Browser test of the built book: every page in _toc.yml, opened in the system Chromium.
 
-Checks on each page: math typeset by the local MathJax (no raw TeX left), every image loaded, no
-error output or traceback in any cell, every internal link resolves, and Colab/Binder launch links on
-notebook pages. All requests that leave 127.0.0.1 are blocked, so the pages must work offline.
-Screenshots of the top of each page (4,000 pixels) go to _build/screenshots/. Every page is visited
-once, four at a time, by one Chromium (one browser context per page); the tests read the results.
+Checks on each page: math typeset by the local MathJax (no raw TeX left, no display equation wider
+than the content column at 1280 px), every image loaded, no error output or traceback in any cell,
+every internal link resolves, and Colab/Binder launch links on notebook pages. All requests that
+leave 127.0.0.1 are blocked, so the pages must work offline. Screenshots of the top of each page
+(4,000 pixels) go to _build/screenshots/. Every page is visited once, four at a time, by one
+Chromium (one browser context per page); the tests read the results.
 
 Checks of the built HTML itself (no browser needed): equation numbers carry their chapter's number,
 a reference to an equation shows the number printed at that equation, and the API reference has a
@@ -110,6 +111,20 @@ async () => {
       Array.from(document.querySelectorAll('.cell_output')).map(e => e.innerText).join('\\n')),
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href')),
     ids: Array.from(document.querySelectorAll('[id]')).map(e => e.id),
+    // Display equations wider than the content column (cut off or scrolling at 1280 px).
+    // MathJax 3 CHTML puts each display equation in mjx-container[display="true"]; Sphinx wraps
+    // it, with the equation number, in div.math (whose id is the label, e.g.
+    // "equation-eq-ddim-cond"). Either box overflowing means the reader loses the end of the line;
+    // the + 1 absorbs sub-pixel rounding.
+    wideEquations: Array.from(document.querySelectorAll('mjx-container[display="true"]'))
+      .filter((m) => {
+        const box = m.closest('div.math') || m;
+        return m.scrollWidth > m.clientWidth + 1 || box.scrollWidth > box.clientWidth + 1;
+      })
+      .map((m) => {
+        const box = m.closest('div.math') || m;
+        return (box.id || '(no label)') + ': ' + (m.textContent || '').slice(0, 40);
+      }),
   };
 }
 """
@@ -239,6 +254,12 @@ def test_page(page_reports, name):
             f"{report['mathSource']} math elements but {report['mathTypeset']} typeset"
         )
     assert not report["rawTeX"], "raw TeX delimiters left in the page text"
+    # Display equations must fit the content column at the 1280-px width of _visit: a long
+    # equation is broken with aligned/split instead of scrolling sideways (issue 24, section 4).
+    assert not report["wideEquations"], (
+        f"{len(report['wideEquations'])} display equations wider than the column: "
+        f"{report['wideEquations']}"
+    )
     assert not report["brokenImages"], f"images that did not load: {report['brokenImages']}"
     # A figure that never reached the page (e.g. a non-inline matplotlib backend) is no broken
     # image: count the rendered outputs against the cells that show a figure.
