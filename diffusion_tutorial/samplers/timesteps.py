@@ -31,6 +31,21 @@ def _descending(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([t.to(torch.int64).flip(0), torch.zeros(1, dtype=torch.int64)])
 
 
+def _distinct_integer_times(t: torch.Tensor, T: int) -> torch.Tensor:
+    """Round fractional book times (from T down to 1) to ``len(t)`` distinct integers, then 0.
+
+    Where rounding ties two times, the later one moves up to the next free integer, and the
+    list is then pushed back below T, so a sampler still makes exactly ``len(t)`` model calls.
+    """
+    ts = [int(v) for v in t.round().tolist()[::-1]]  # increasing: ts[0] = 1, ts[-1] = T
+    for i in range(1, len(ts)):  # a tie moves up to the next free integer...
+        ts[i] = max(ts[i], ts[i - 1] + 1)
+    ts[-1] = T
+    for i in range(len(ts) - 2, -1, -1):  # ...then the list goes back below T
+        ts[i] = min(ts[i], ts[i + 1] - 1)
+    return _descending(torch.tensor(ts))
+
+
 def leading_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     """t_i = 1 + i * floor(T / steps) for i = 0, ..., steps - 1 (from the top down), then 0.
 
@@ -81,18 +96,9 @@ def logsnr_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     steps = check_int_in_range("steps", steps, 1, schedule.T)
     if steps == 1:  # one model call, at t = T (also T = 1, where there is nothing to interpolate)
         return _descending(torch.tensor([schedule.T]))
-    lam = schedule.lam[1:].cpu().flip(0)  # (T,) increasing: lambda_T, ..., lambda_1
-    target = torch.linspace(lam[0].item(), lam[-1].item(), steps, dtype=torch.float64)
-    k = torch.searchsorted(lam, target).clamp(1, schedule.T - 1)  # lam[k - 1] <= target <= lam[k]
-    frac = (target - lam[k - 1]) / (lam[k] - lam[k - 1])
-    t = (schedule.T - (k - 1) - frac).round().tolist()  # lam index j is book time T - j
-    t = [int(v) for v in t[::-1]]  # increasing: t[0] = 1, t[-1] = T
-    for i in range(1, steps):  # rounding may tie two times: push them apart, then back below T
-        t[i] = max(t[i], t[i - 1] + 1)
-    t[-1] = schedule.T
-    for i in range(steps - 2, -1, -1):
-        t[i] = min(t[i], t[i + 1] - 1)
-    return _descending(torch.tensor(t))
+    lam_T, lam_1 = schedule.lam[[schedule.T, 1]].tolist()
+    target = torch.linspace(lam_T, lam_1, steps, dtype=torch.float64)  # (steps,) equal steps h
+    return _distinct_integer_times(NoiseLevel.from_lam(target).t(schedule), schedule.T)
 
 
 def karras_sigmas(schedule: NoiseSchedule, steps: int, rho: float = 7.0) -> torch.Tensor:
@@ -135,11 +141,4 @@ def karras_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
     """
     steps = check_int_in_range("steps", steps, 1, schedule.T)
     sigmas = karras_sigmas(schedule, steps)[:-1]  # (steps,) decreasing
-    t = NoiseLevel.from_edm_sigma(sigmas).t(schedule).round().tolist()[::-1]  # increasing
-    t = [int(v) for v in t]
-    for i in range(1, steps):  # a tie moves up to the next free integer, then back below T
-        t[i] = max(t[i], t[i - 1] + 1)
-    t[-1] = schedule.T
-    for i in range(steps - 2, -1, -1):
-        t[i] = min(t[i], t[i + 1] - 1)
-    return _descending(torch.tensor(t))
+    return _distinct_integer_times(NoiseLevel.from_edm_sigma(sigmas).t(schedule), schedule.T)
