@@ -70,6 +70,16 @@ def _resolve_sigmas(sigmas: SigmaFn, schedule: NoiseSchedule, steps: int) -> lis
     return s
 
 
+def _start(
+    x_T: torch.Tensor, schedule: NoiseSchedule, sigmas: SigmaFn, steps: int, project: object
+) -> tuple[torch.Tensor, list[float], Projection | None]:
+    """Check the inputs; return the VE state x = x_T sqrt(1 + sigma_0^2), the levels and the hook."""
+    x_T = check_start("x_T", x_T, schedule)
+    project = check_projection(project)
+    sig = _resolve_sigmas(sigmas, schedule, steps)
+    return x_T * math.sqrt(1 + sig[0] ** 2), sig, project  # x = x_VP / sqrt(alpha_bar)
+
+
 def _denoise(
     model: Model,
     x: torch.Tensor,
@@ -172,12 +182,9 @@ def heun_sample(
     only, so they do not fit here.
     Book: Fast sampling (Part 3). Karras et al. 2022, Algorithms 1 and 2.
     """
-    x_T = check_start("x_T", x_T, schedule)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    project = check_projection(project)
-    sig = _resolve_sigmas(sigmas, schedule, steps)
+    x, sig, project = _start(x_T, schedule, sigmas, steps, project)
     sigma_max = sig[0]
-    x = x_T * math.sqrt(1 + sigma_max**2)  # (B, ...): VE state x = x_VP / sqrt(alpha_bar)
     calls = 0
     for i in progress_bar(steps, progress, "Heun (EDM)"):
         sigma, sigma_next = sig[i], sig[i + 1]
@@ -233,12 +240,9 @@ def euler_sample(
     eta = 1: see the names table in ``samplers``. Other arguments as for :func:`heun_sample`.
     Book: Fast sampling (Part 3). Karras et al. 2022, Algorithm 2 (first order).
     """
-    x_T = check_start("x_T", x_T, schedule)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    project = check_projection(project)
-    sig = _resolve_sigmas(sigmas, schedule, steps)
+    x, sig, project = _start(x_T, schedule, sigmas, steps, project)
     sigma_max = sig[0]
-    x = x_T * math.sqrt(1 + sigma_max**2)  # (B, ...): VE state x = x_VP / sqrt(alpha_bar)
     for i in progress_bar(steps, progress, "Euler (EDM)"):
         sigma, sigma_next = sig[i], sig[i + 1]
         # Step 1: churn, raising sigma to sigma_hat with fresh noise (no-op for S_churn = 0).
