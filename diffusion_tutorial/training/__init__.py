@@ -8,5 +8,5 @@ rules) · ``lock`` (one run at a time per folder) · ``outputs`` (sample grids, 
 weights) · ``ema`` · ``cli``.
 ``python -m diffusion_tutorial.train --help`` lists the options.
 
-Book: Training the U-Net (Part 2).
+Book: Example: DDPM (Part 2).
 """

@@ -1,6 +1,6 @@
 """What a :class:`TrainConfig` builds before the first step: data, network, start weights, precision.
 
-Book: Training the U-Net (Part 2). Micikevicius et al. 2018 (mixed precision with loss
+Book: Example: DDPM (Part 2). Micikevicius et al. 2018 (mixed precision with loss
 scaling).
 """
 

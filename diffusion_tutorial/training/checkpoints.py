@@ -5,7 +5,7 @@ run there needs ``overwrite``, a continued one ``resume``, and a resumed run mus
 setting that shapes the optimisation. One run at a time uses a folder (:mod:`.lock`), and
 ``overwrite`` deletes only the files a run writes (:func:`is_run_file`).
 
-Book: Training the U-Net (Part 2; checkpoints and resuming).
+Book: Example: DDPM (Part 2; the training command, checkpoints and resuming).
 """
 
 from __future__ import annotations

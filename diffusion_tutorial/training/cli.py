@@ -5,7 +5,7 @@ The same command runs on several GPUs (or CPU processes) with PyTorch's launcher
 Every option is generated from a field of :class:`~diffusion_tutorial.training.config.TrainConfig`
 (name, type, default, help, choices), so the dataclass is the only place that defines one.
 
-Book: Training the U-Net (Part 2).
+Book: Example: DDPM (Part 2).
 """
 
 from __future__ import annotations

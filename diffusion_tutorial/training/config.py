@@ -5,7 +5,7 @@ whether a resumed run must keep it, in ``metadata``; :mod:`diffusion_tutorial.tr
 the options from these fields, and :meth:`TrainConfig.validate` checks them, so a name, a type, a
 default or a range is written once.
 
-Book: Training the U-Net (Part 2). Loshchilov & Hutter 2019 (AdamW).
+Book: Example: DDPM (Part 2). Loshchilov & Hutter 2019 (AdamW).
 """
 
 from __future__ import annotations

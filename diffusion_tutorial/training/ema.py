@@ -1,6 +1,6 @@
 """Exponential moving average (EMA) of a model's weights: theta_ema <- d theta_ema + (1 - d) theta.
 
-Book: Training the U-Net (Part 2; EMA). Ho et al. 2020, Appendix B (decay 0.9999); the warm-up
+Book: Example: DDPM (Part 2; EMA). Ho et al. 2020, Appendix B (decay 0.9999); the warm-up
 d_n = min(decay, (1 + n) / (10 + n)) lets a short run's average forget the random initialisation.
 """
 

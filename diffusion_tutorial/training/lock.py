@@ -8,7 +8,7 @@ deleted it could let a third run lock a new file while the second still holds th
 Under ``torchrun`` only rank 0 takes the lock. Where ``fcntl`` does not exist (Windows) a run
 says so and trains without a lock: do not start two runs in one folder there.
 
-Book: Training the U-Net (Part 2; checkpoints and resuming).
+Book: Example: DDPM (Part 2; the training command, checkpoints and resuming).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ loss sum since the last row of loss.csv, so an interrupted run continued with ``
 takes the same steps and writes the same loss rows as an uninterrupted one.
 Multi-process (``torchrun``): each rank takes a strided share of the same global batch.
 
-Book: Training the U-Net (Part 2). Ho et al. 2020, Algorithm 1 (L_simple); Ho & Salimans 2022,
+Book: Example: DDPM (Part 2). Ho et al. 2020, Algorithm 1 (L_simple); Ho & Salimans 2022,
 Algorithm 1 (label dropout to the null class); Loshchilov & Hutter 2019 (AdamW).
 """
 
@@ -61,7 +61,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     Everything that can refuse the run (settings, data, network, ``--init``, ``--export``, the
     state of the run folder) is checked before the folder is changed. Runs under ``torchrun``
     when a process group is initialised (see ``diffusion_tutorial.train``).
-    Book: Training the U-Net (Part 2). Ho et al. 2020, Algorithm 1.
+    Book: Example: DDPM (Part 2). Ho et al. 2020, Algorithm 1.
     """
     started = time.perf_counter()
     proc = this_process(cfg.validate())

@@ -1,6 +1,6 @@
 """What a run makes for people: sample grids along the way and the exported EMA weights at the end.
 
-Book: Training the U-Net (Part 2). Lu et al. 2022 (DPM-Solver++), the grids' 20-step sampler.
+Book: Example: DDPM (Part 2). Lu et al. 2022 (DPM-Solver++), the grids' 20-step sampler.
 """
 
 from __future__ import annotations

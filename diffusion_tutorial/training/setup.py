@@ -5,7 +5,7 @@
 :func:`open_run_folder` is the first change to the folder: it starts the run there, or restores
 the checkpoint of the run it continues.
 
-Book: Training the U-Net (Part 2). Loshchilov & Hutter 2019 (AdamW); Micikevicius et al. 2018
+Book: Example: DDPM (Part 2). Loshchilov & Hutter 2019 (AdamW); Micikevicius et al. 2018
 (mixed precision with loss scaling).
 """
 

@@ -4,7 +4,7 @@
 :func:`~diffusion_tutorial.training.loop.train` (MNIST, the command line) take the same step; the
 MNIST loop adds label dropout, mixed precision and gradient clipping through its arguments.
 
-Book: Training the U-Net (Part 2). Ho et al. 2020, Algorithm 1; Ho & Salimans 2022, Algorithm 1
+Book: Example: DDPM (Part 2). Ho et al. 2020, Algorithm 1; Ho & Salimans 2022, Algorithm 1
 (label dropout); Loshchilov & Hutter 2017 (cosine decay).
 """
 
