@@ -2,7 +2,7 @@
 
 Times are checked by ``core.time.check_book_times``: integer book indices through the package's
 one index validator, ``checks.check_time_indices``, or fractional book times (float tensors).
-Book: The denoising network (Part 2). Vaswani et al. 2017 (sinusoidal embedding); Ho et al. 2020,
+Book: Example: DDPM (Part 2). Vaswani et al. 2017 (sinusoidal embedding); Ho et al. 2020,
 Appendix B.
 """
 
@@ -28,7 +28,7 @@ def sinusoidal_embedding(
     Computed in float32 (float64 when ``dtype`` is float64) and returned in ``dtype``, so a network
     cast with ``.double()`` or ``.half()`` gets an embedding in its own dtype; for float32 the
     result is the same, bit for bit, as before ``dtype`` existed.
-    Book: The denoising network (Part 2). Vaswani et al. 2017, sec. 3.5.
+    Book: Example: DDPM (Part 2). Vaswani et al. 2017, sec. 3.5.
     """
     work = torch.float64 if dtype == torch.float64 else torch.float32
     half = dim // 2

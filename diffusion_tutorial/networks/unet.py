@@ -1,6 +1,6 @@
 """A small, readable U-Net that predicts the noise: eps_hat = eps_theta(x_t, t[, y]).
 
-Book: The denoising network (U-Net). Ronneberger et al. 2015 (U-Net); Ho et al. 2020, Appendix B
+Book: Example: DDPM (Part 2; the U-Net). Ronneberger et al. 2015 (U-Net); Ho et al. 2020, Appendix B
 (the DDPM variant: residual blocks, GroupNorm, sinusoidal time embedding, self-attention at a low
 resolution); Ho & Salimans 2022 (a learned "null" class for classifier-free guidance).
 
@@ -153,7 +153,7 @@ class SelfAttention(nn.Module):
 class UNet(nn.Module):
     """The noise predictor eps_theta(x_t, t[, y]) -> eps_hat with the same shape as x_t.
 
-    Book: The denoising network. Ho et al. 2020, Appendix B; Ho & Salimans 2022, Algorithm 1.
+    Book: Example: DDPM (Part 2). Ho et al. 2020, Appendix B; Ho & Salimans 2022, Algorithm 1.
 
     Down path: ``num_res_blocks`` residual blocks per resolution, then a stride-2 convolution;
     middle: residual block, self-attention, residual block at the lowest resolution; up path:
