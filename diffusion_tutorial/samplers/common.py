@@ -37,14 +37,16 @@ __all__ = [
     "progress_bar",
 ]
 
-Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
-"""``callback(i, t, x_t, x0_hat)``: called once per model evaluation i = 0, 1, ... at book time t."""
+Callback = Callable[[int, int | float, torch.Tensor, torch.Tensor], None]
+"""``callback(i, t, x_t, x0_hat)``: called once per model evaluation i = 0, 1, ... at book time t
+(an int; a float, fractional t, in the EDM samplers)."""
 
 TimestepFn = Callable[[NoiseSchedule, int], torch.Tensor]
 """``timesteps(schedule, steps)`` -> int64 tensor (steps + 1,) from the top down to 0, see timesteps.py."""
 
-Projection = Callable[[int, torch.Tensor], torch.Tensor]
-"""``project(s, x_s) -> x_s``: called by a sampler on each new state x_s at book time s (down to 0)."""
+Projection = Callable[[int | float, torch.Tensor], torch.Tensor]
+"""``project(s, x_s) -> x_s``: called by a sampler on each new state x_s at book time s (down to 0;
+a float, fractional s, in the EDM samplers)."""
 
 
 def check_start(name: str, x: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
