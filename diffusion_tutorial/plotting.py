@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib import animation
 
+from diffusion_tutorial.networks.layout import unet_layers
+
 __all__ = [
     "image_grid",
     "show_images",
@@ -19,6 +21,7 @@ __all__ = [
     "animate_images",
     "animate_points",
     "animation_html",
+    "plot_unet",
 ]
 
 EMBED_LIMIT_MB = 64.0
@@ -143,3 +146,103 @@ def animate_points(
     anim = animation.FuncAnimation(fig, update, frames=len(frames), interval=interval, blit=False)
     plt.close(fig)
     return anim
+
+
+_UNET_COLOURS = {
+    "conv": "0.85",
+    "out": "0.85",
+    "res": "#9ecae1",
+    "res+attn": "#fdae6b",
+    "attn": "#fdd0a2",
+    "downsample": "#c7e9c0",
+    "upsample": "#dadaeb",
+}
+
+
+def plot_unet(model: torch.nn.Module, ax: plt.Axes | None = None) -> plt.Axes:
+    """Draw a ``UNet`` from :func:`~diffusion_tutorial.networks.layout.unet_layers`: one box per layer, its output channels inside,
+    one row per resolution, skip connections as grey brackets, and where t (and y) enter.
+
+    Nothing is hard-coded: another configuration gives another figure.
+    Book: Example: DDPM (Part 2; the U-Net).
+    """
+    rows = unet_layers(model)
+    image = [r for r in rows if r.path != "emb"]
+    cfg = model.config
+    levels = sorted({r.size for r in image}, reverse=True)  # e.g. 28, 14, 7
+    gap = 1.7  # vertical distance between resolutions
+    pos = {i: (i, -gap * levels.index(r.size)) for i, r in enumerate(image)}
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(8.0, 0.42 * len(image) + 1.5), 1.6 + 1.15 * len(levels)))
+    w, h = 0.8, 0.5
+    for i, r in enumerate(image):
+        x, y = pos[i]
+        ax.add_patch(
+            matplotlib.patches.FancyBboxPatch(
+                (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.02",
+                facecolor=_UNET_COLOURS[r.kind], edgecolor="0.3", lw=0.6,
+            )
+        )  # fmt: skip
+        ax.text(x, y, str(r.c_out), ha="center", va="center", fontsize=7)
+        if r.emb:
+            ax.plot(x, y - h / 2 - 0.13, marker="^", color="C3", ms=4, ls="none")
+        if i > 0:
+            (x0, y0) = pos[i - 1]
+            ax.plot([x0 + w / 2, x - w / 2], [y0, y], color="0.2", lw=0.8, zorder=0)
+        if r.skip is not None:  # a bracket over the boxes, higher for the wider ones
+            (xs, ys) = pos[r.skip]
+            height = 0.35 + 0.55 * (x - xs) / len(image)
+            ax.plot(
+                [xs, xs, x, x], [ys + h / 2, ys + h / 2 + height, y + h / 2 + height, y + h / 2],
+                color="0.6", lw=0.8, zorder=0,
+            )  # fmt: skip
+            ax.annotate("", (x, y + h / 2), (x, y + h / 2 + 0.2),
+                        arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.8})  # fmt: skip
+    for k, size in enumerate(levels):
+        total = sum(r.params for r in image if r.size == size)
+        ax.text(-1.0, -gap * k, f"{size}x{size}", ha="right", va="center", fontsize=8)
+        ax.text(len(image), -gap * k, f"{total:,} params", ha="left", va="center", fontsize=7)
+    emb = {r.kind: r for r in rows if r.path == "emb"}
+    E = 4 * cfg.base_channels
+    lines = [
+        f"time: t \u2192 sinusoidal embedding ({E} numbers) \u2192 MLP ({emb['time'].params:,} "
+        f"params) \u2192 a vector of {E}, added inside every residual block (\u25b2)"
+    ]
+    if "label" in emb:
+        lines.append(
+            f"label: y \u2192 a learned table of {cfg.num_classes} + 1 (null) rows of {E} "
+            f"({emb['label'].params:,} params), added to the time vector"
+        )
+    else:
+        lines.append("label: none (an unconditional model has no input y)")
+    ax.text(len(image) / 2, 1.2, "\n".join(lines), ha="center", va="bottom", fontsize=7.5)
+    names = {
+        "conv": "3x3 conv (in, out)",
+        "res": "residual block",
+        "res+attn": "residual block + self-attention",
+        "attn": "self-attention",
+        "downsample": "stride-2 conv (halves H, W)",
+        "upsample": "upsample x2 + conv",
+    }
+    handles = [
+        matplotlib.patches.Patch(facecolor=_UNET_COLOURS[k], edgecolor="0.3", label=label)
+        for k, label in names.items()
+        if any(r.kind == k for r in image)
+    ]
+    handles.append(
+        matplotlib.lines.Line2D(
+            [], [], marker="^", color="C3", ls="none", ms=4, label="receives the time (and label)"
+        )
+    )
+    ax.legend(handles=handles, loc="lower center", ncol=4, fontsize=7,
+              bbox_to_anchor=(0.5, -0.06), frameon=False)  # fmt: skip
+    params = sum(r.params for r in rows)
+    ax.set_title(
+        f"U-Net, {params:,} parameters. In each box: output channels; grey: skip connections "
+        "(concatenated)",
+        fontsize=9,
+    )
+    ax.set_xlim(-2.4, len(image) + 2.2)
+    ax.set_ylim(-gap * (len(levels) - 1) - 1.6, 2.0)
+    ax.set_axis_off()
+    return ax
