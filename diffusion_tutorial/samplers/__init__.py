@@ -1,6 +1,6 @@
 """Samplers for the reverse process: DDPM, DDIM (and its inversion), DPM-Solver++ and
-its stochastic (SDE) variant, EDM's Heun and Euler in sigma; projections for inpainting and
-super-resolution, and RePaint.
+its stochastic (SDE) variant, EDM's Heun and Euler in sigma, predictor-corrector (Song et al.
+2021); projections for inpainting and super-resolution, and RePaint.
 
 Every sampler takes ``model(x_t, t) -> eps_hat`` (t: int64 (B,) of book indices in 1..T; the EDM
 samplers pass fractional t as floats), a ``NoiseSchedule`` and the starting noise, and shares the
@@ -60,6 +60,7 @@ from diffusion_tutorial.samplers.inverse import (
     replacement_projection,
     upsample,
 )
+from diffusion_tutorial.samplers.predictor_corrector import predictor_corrector_sample
 from diffusion_tutorial.samplers.repaint import renoise, repaint_path, repaint_sample
 from diffusion_tutorial.samplers.timesteps import (
     karras_sigmas,
@@ -80,6 +81,7 @@ __all__ = [
     "dpm_solver_sample",
     "dpm_solver_3_exact_sample",
     "dpm_solver_sde_sample",
+    "predictor_corrector_sample",
     "heun_sample",
     "euler_sample",
     "SigmaFn",
