@@ -15,7 +15,7 @@ on a heavily shared one) and write the shipped file::
     DIFFUSION_TUTORIAL_DATA=<folder> python -m diffusion_tutorial.training.classifier_cli \\
         --out diffusion_tutorial/weights/mnist_classifier.safetensors
 
-Book: Example: DDIM (Part 3; MNIST-FID).
+Book: Evaluating samples (Reference; the features of MNIST-FID).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ distance {cite}`heusel2017gans` fits a Gaussian to each set; KID is an unbiased 
 input checks of every set-to-set metric live here too (:mod:`~diffusion_tutorial.evaluation.metrics`
 re-exports these functions).
 
-Book: Example: DDIM (Part 3; FID and KID).
+Book: Evaluating samples (Reference; FID and KID).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def gaussian_frechet_distance(
     cov1 cov2, but eigh is stable where a general matrix square root is not). Both covariances
     must be symmetric positive semi-definite (up to ``PSD_RTOL``), else ``ValueError``.
     The four arguments may be tensors, NumPy arrays or (nested) lists of numbers.
-    Book: Example: DDIM (Part 3; FID and KID). Heusel et al. 2017, eq. 6.
+    Book: Evaluating samples, eq. (eq-eval-frechet). Heusel et al. 2017, eq. 6.
     """
     mu1, mu2 = _float64("mu1", mu1).flatten(), _float64("mu2", mu2).flatten()
     cov1, cov2 = _float64("cov1", cov1), _float64("cov2", cov2)
@@ -118,7 +118,8 @@ def gaussian_frechet_distance(
 def frechet_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted (mean, unbiased covariance) to two feature sets.
 
-    Book: Example: DDIM (Part 3; FID and KID). Heusel et al. 2017, eq. 6.
+    Biased upwards at small N (two samples of one distribution score a floor above 0).
+    Book: Evaluating samples, eqs. (eq-eval-frechet), (eq-eval-mean-bias). Heusel et al. 2017, eq. 6.
     """
     f1, f2 = _check_pair(features1, features2, min_n=2)
     f1, f2 = f1.double(), f2.double()
@@ -137,7 +138,8 @@ def kernel_distance(features1: torch.Tensor, features2: torch.Tensor) -> float:
 
     Unlike the Fréchet distance it is unbiased at every sample size (its mean over draws is the
     population value, ~0 for two samples of one distribution), so a few hundred samples suffice
-    to compare two samplers; it has no floor above 0, only a spread. Bińkowski et al. 2018, sec. 3.
+    to compare two samplers; it has no floor above 0, only a spread.
+    Book: Evaluating samples, eqs. (eq-eval-mmd), (eq-eval-kid). Bińkowski et al. 2018, sec. 3.
     """
     f1, f2 = _check_pair(features1, features2, min_n=2)
     f1, f2 = f1.double(), f2.double()

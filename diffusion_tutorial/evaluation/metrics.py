@@ -9,7 +9,7 @@ Gaussians fitted to the penultimate features of the book's own small MNIST class
 (:mod:`diffusion_tutorial.evaluation.classifier`). It is **not comparable to Inception FID** values
 published for other models and data sets.
 
-Book: Example: DDIM (Part 3; FID and KID).
+Book: Introduction (Part 2; 2-D distances and the floor); Evaluating samples (Reference; FID, KID).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def sliced_wasserstein(
 
     Each 1-D Wasserstein distance compares sorted projections (quantile functions); with unequal
     sample sizes the quantiles are interpolated at max(N, M) levels. Estimated with
-    ``n_projections`` random directions. Book: Example: DDIM (Part 3; FID and KID). Bonneel et al. 2015, sec. 2.
+    ``n_projections`` random directions. Book: Introduction (Part 2). Bonneel et al. 2015, sec. 2.
     """
     x, y = _check_pair(x, y)
     n_projections = check_positive_int("n_projections", n_projections)
@@ -103,7 +103,7 @@ def mmd2_rbf(
     distribution. Several bandwidths catch both fine and coarse differences; one number is
     one bandwidth. The kernel is computed as exp(-(|a - b| / h)^2 / 2), so that a bandwidth
     whose square underflows gives the limit (1 on equal points, 0 elsewhere), not 0 / 0.
-    Book: Example: DDIM (Part 3; FID and KID). Gretton et al. 2012, Lemma 6 (eq. 3).
+    Book: Introduction (Part 2); Evaluating samples, eq. (eq-eval-mmd). Gretton et al. 2012, Lemma 6 (eq. 3).
     """
     x, y = _check_pair(x, y, min_n=2)
     if isinstance(bandwidths, numbers.Real) and not isinstance(bandwidths, bool):

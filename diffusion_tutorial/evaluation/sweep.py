@@ -7,7 +7,8 @@ x_T per *draw* (seed) and writes one JSON line per (draw, sampler) to
 run would not fit their time budget (DDPM-1000 on 500 samples is ~40 min on one CPU core), and
 regenerate a small part live from the same x_T to show that it agrees.
 
-Book: Example: DDPM (Part 2), Example: DDIM and DPM-Solver++ (Part 3).
+Book: Example: DDPM (Part 2), Example: DDIM and DPM-Solver++ (Part 3); Evaluating samples
+(Reference; paired comparison over draws).
 """
 
 from __future__ import annotations
