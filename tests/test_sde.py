@@ -220,3 +220,12 @@ def test_annealed_langevin_follows_the_exact_moment_recursion():
 def test_bad_input_names_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_python_float_times_keep_float64_precision():
+    # tau = 0.6 + 1e-6 as a Python float must not be rounded to float32 (spacing ~6e-8 at 0.6),
+    # or a finite difference of a(tau) with h = 1e-6 is off by ~5 %.
+    h = 1e-6
+    slope = (SDE.mean_coef(0.6 + h) - SDE.mean_coef(0.6 - h)).item() / (2 * h)
+    exact = (-0.5 * SDE.beta(0.6) * SDE.mean_coef(0.6)).item()
+    assert slope == pytest.approx(exact, rel=1e-7)

@@ -62,7 +62,9 @@ def _tau(tau: torch.Tensor | float) -> torch.Tensor:
     """``tau`` as a float64 tensor, or a ValueError naming tau and the range [0, 1]."""
     if isinstance(tau, bool) or not isinstance(tau, (int, float, torch.Tensor)):
         raise TypeError(f"tau must be a number or a real tensor, got {type(tau).__name__}")
-    t = torch.as_tensor(tau).detach().to("cpu", torch.float64)
+    # a Python float becomes float64 directly (torch.as_tensor would round it to float32 first)
+    t = tau if isinstance(tau, torch.Tensor) else torch.tensor(float(tau), dtype=torch.float64)
+    t = t.detach().to("cpu", torch.float64)
     if t.numel() and (torch.isnan(t).any() or t.min() < 0 or t.max() > 1):
         raise ValueError(
             f"tau must lie in [0, 1] (SDE time: 0 = data, 1 = noise; book time t is tau * T), "
