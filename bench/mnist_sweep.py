@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         feats = classifier_features(classifier, images)
         row = {
             "model": "mnist", "n": args.n, "seed": args.seed, "sampler": name,
-            "label": spec.label(schedule), "nfe": schedule.T if spec.steps is None else spec.steps,
+            "label": spec.label(schedule), "nfe": spec.nfe(schedule),
             "fid": metrics.frechet_distance(feats, ref), "kid": metrics.kernel_distance(feats, ref),
             "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,
             "threads": torch.get_num_threads(), "torch": torch.__version__,

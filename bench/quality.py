@@ -58,6 +58,8 @@ from diffusion_tutorial.samplers import (  # noqa: E402
     ddpm_sample,
     dpm_solver_sample,
     dpm_solver_sde_sample,
+    euler_sample,
+    heun_sample,
     leading_timesteps,
     logsnr_timesteps,
     quadratic_timesteps,
@@ -78,7 +80,7 @@ DEFAULT_SAMPLERS = "ddpm,ddim:20:0,ddim:50:0,ddim:50:1,dpm:10,dpm:20,dpm:20:3,sd
 class SamplerSpec:
     """One sampler setting: kind, NFE, DDIM's eta, DPM-Solver++'s order and a grid from GRIDS."""
 
-    kind: str  # "ddpm", "ddim", "hat" (DDPM's sigma-hat on a subsequence), "dpm" or "sde"
+    kind: str  # "ddpm", "ddim", "hat" (DDPM's sigma-hat on a subsequence), "dpm", "sde", "heun"/"euler" (EDM)
     steps: int | None  # None: DDPM with all T steps
     eta: float = 0.0
     order: int | None = None  # None: the sampler's default
@@ -98,12 +100,21 @@ class SamplerSpec:
                 return SamplerSpec("dpm", int(rest[0]), order=order, grid=grid)
             if kind in ("sde", "hat") and len(rest) == 1:
                 return SamplerSpec(kind, int(rest[0]), grid=grid)
+            if kind in ("heun", "euler") and len(rest) == 1 and grid is None:
+                return SamplerSpec(kind, int(rest[0]))
         except ValueError:
             pass
         raise argparse.ArgumentTypeError(
             f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA[:GRID], hat:STEPS[:GRID], "
-            f"dpm:STEPS[:ORDER][:GRID] or sde:STEPS[:GRID] with GRID in {sorted(GRIDS)}"
+            f"dpm:STEPS[:ORDER][:GRID], sde:STEPS[:GRID] with GRID in {sorted(GRIDS)}, or "
+            "heun:STEPS / euler:STEPS (EDM, Karras sigmas with rho = 7)"
         )
+
+    def nfe(self, schedule) -> int:
+        """Network evaluations per sample: T for DDPM, 2 steps - 1 for EDM Heun, else steps."""
+        if self.steps is None:
+            return schedule.T
+        return 2 * self.steps - 1 if self.kind == "heun" else self.steps
 
     def label(self, schedule) -> str:
         grid = f", {self.grid} grid" if self.grid else ""
@@ -115,6 +126,8 @@ class SamplerSpec:
             return f"SDE-DPM-Solver++(2) {self.steps}{grid}"
         if self.kind == "hat":
             return f"DDPM σ̂ {self.steps}{grid}"
+        if self.kind in ("heun", "euler"):
+            return f"EDM {self.kind.capitalize()} {self.steps} steps, Karras ρ=7 grid"
         return f"DPM-Solver++({self.order or 2}M) {self.steps}{grid}"
 
     def run(self, model_fn, schedule, x_T: torch.Tensor, generator: torch.Generator):
@@ -134,6 +147,10 @@ class SamplerSpec:
             return dpm_solver_sde_sample(
                 model_fn, schedule, x_T, steps=self.steps, generator=generator, progress=False, **kw
             )
+        if self.kind == "heun":
+            return heun_sample(model_fn, schedule, x_T, steps=self.steps, progress=False)
+        if self.kind == "euler":
+            return euler_sample(model_fn, schedule, x_T, steps=self.steps, progress=False)
         if self.order is not None:
             kw["order"] = self.order
         return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, progress=False, **kw)
@@ -342,7 +359,7 @@ def main(argv: list[str] | None = None) -> str:
                 )
             partial = []
             for (spec, w), r in results.items():
-                nfe = schedule.T if spec.steps is None else spec.steps
+                nfe = spec.nfe(schedule)
                 done = len(r["fid"])
                 fids = " | ".join([f"{f:.2f}" for f in r["fid"]] + ["—"] * (len(seeds) - done))
                 ratio = statistics.mean(
