@@ -40,6 +40,7 @@ from diffusion_tutorial.core.schedules import (
     linear_schedule,
     scaled_linear_schedule,
 )
+from diffusion_tutorial.core.sde import VPSDE
 from diffusion_tutorial.core.time import NoiseLevel
 from diffusion_tutorial.data import data_root, mnist, toy_data
 from diffusion_tutorial.networks.guidance import classifier_free_guidance
@@ -118,6 +119,7 @@ __all__ = [
     "karras_sigmas",
     "karras_timesteps",
     "NoiseLevel",
+    "VPSDE",
     "leading_timesteps",
     "uniform_timesteps",
     "quadratic_timesteps",
