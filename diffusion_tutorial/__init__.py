@@ -6,7 +6,7 @@ importing only from the ones above it in this list:
 - ``checks``, ``runtime``: argument checks, fast mode, device, progress bars;
 - ``background/``: Part 1 (Monte Carlo, Gaussians, KL, ELBO, a VAE);
 - ``core/``: Part 2's maths (schedules, forward process, parameterisations, losses);
-- ``samplers/``: DDPM, DDIM, DPM-Solver++ and the time grids they step on;
+- ``samplers/``: DDPM, DDIM, DPM-Solver++, the flow sampler and the time grids they step on;
 - ``networks/``: the U-Net, the MLP and the classifier-free-guidance wrapper;
 - ``data``, ``plotting``: MNIST and 2-D toy data; figures and animations (matplotlib);
 - ``evaluation/``, ``pretrained``, ``training/``: the MNIST classifier and metrics, the shipped
@@ -21,6 +21,7 @@ import importlib
 
 from diffusion_tutorial import background, checks, core, data, networks, runtime, samplers
 from diffusion_tutorial.checks import expand_like
+from diffusion_tutorial.core.flow_matching import velocity_from_eps_model, velocity_model
 from diffusion_tutorial.core.forward import q_posterior, q_sample, q_step
 from diffusion_tutorial.core.gaussian import GaussianData
 from diffusion_tutorial.core.losses import simple_loss, vlb_terms
@@ -55,6 +56,7 @@ from diffusion_tutorial.samplers import (
     dpm_solver_sample,
     dpm_solver_sde_sample,
     euler_sample,
+    flow_sample,
     heun_sample,
     ilvr_projection,
     karras_sigmas,
@@ -116,6 +118,9 @@ __all__ = [
     "predictor_corrector_sample",
     "heun_sample",
     "euler_sample",
+    "flow_sample",
+    "velocity_from_eps_model",
+    "velocity_model",
     "karras_sigmas",
     "karras_timesteps",
     "NoiseLevel",

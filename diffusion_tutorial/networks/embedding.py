@@ -14,7 +14,16 @@ import torch
 
 from diffusion_tutorial.checks import check_labels
 
-__all__ = ["sinusoidal_embedding", "validate_y", "check_input_dtype"]
+__all__ = [
+    "sinusoidal_embedding",
+    "validate_y",
+    "check_input_dtype",
+    "check_prediction",
+    "PREDICTIONS",
+]
+
+PREDICTIONS = ("eps", "velocity")
+"""What a network's output can mean: the noise eps (L_simple) or the flow-matching velocity u."""
 
 
 def sinusoidal_embedding(
@@ -71,3 +80,10 @@ def check_input_dtype(x_t: torch.Tensor, weight: torch.Tensor) -> None:
             f"x_t has dtype {x_t.dtype} but the network's weights are {weight.dtype}: cast one "
             f"to the other (model.to(x_t.dtype) or x_t.to({weight.dtype})) or use torch.autocast"
         )
+
+
+def check_prediction(prediction: object) -> str:
+    """Return ``prediction`` if it is one of :data:`PREDICTIONS`, or raise naming them."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {list(PREDICTIONS)}, got {prediction!r}")
+    return prediction

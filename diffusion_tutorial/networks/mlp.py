@@ -16,6 +16,7 @@ from diffusion_tutorial.checks import check_positive_int
 from diffusion_tutorial.core.time import check_book_times
 from diffusion_tutorial.networks.embedding import (
     check_input_dtype,
+    check_prediction,
     sinusoidal_embedding,
     validate_y,
 )
@@ -25,19 +26,22 @@ __all__ = ["MLPConfig", "MLPDenoiser"]
 
 @dataclasses.dataclass
 class MLPConfig:
-    """Hyper-parameters of :class:`MLPDenoiser` (JSON-serialisable like ``UNetConfig``)."""
+    """Hyper-parameters of :class:`MLPDenoiser` (JSON-serialisable like ``UNetConfig``, whose
+    ``prediction`` field this one shares: ``"eps"`` or ``"velocity"``)."""
 
     dim: int = 2
     hidden: int = 128
     num_blocks: int = 3
     num_classes: int | None = None
     T: int = 1000
+    prediction: str = "eps"
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden", "num_blocks", "T"):
             check_positive_int(name, getattr(self, name))
         if self.num_classes is not None:
             check_positive_int("num_classes", self.num_classes)
+        check_prediction(self.prediction)
 
 
 class _Block(nn.Module):

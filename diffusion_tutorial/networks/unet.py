@@ -19,6 +19,7 @@ from diffusion_tutorial.checks import check_float_in_range, check_positive_int
 from diffusion_tutorial.core.time import check_book_times
 from diffusion_tutorial.networks.embedding import (
     check_input_dtype,
+    check_prediction,
     sinusoidal_embedding,
     validate_y,
 )
@@ -33,7 +34,9 @@ class UNetConfig:
     ``channel_mults[i] * base_channels`` is the width at resolution ``image_size / 2**i``;
     ``num_classes=None`` gives an unconditional model, otherwise labels ``0..num_classes-1`` plus
     the null label ``num_classes`` (used for classifier-free guidance). ``T`` is the largest time
-    index the model accepts (book indices ``1..T``).
+    index the model accepts (book indices ``1..T``). ``prediction`` says what the output means:
+    ``"eps"`` (the noise, L_simple) or ``"velocity"`` (the flow-matching velocity u, read through
+    ``core.flow_matching.velocity_model``); files written before the field existed are ``"eps"``.
     """
 
     in_channels: int = 1
@@ -47,6 +50,7 @@ class UNetConfig:
     num_classes: int | None = None
     T: int = 1000
     groups: int = 8
+    prediction: str = "eps"
 
     def __post_init__(self) -> None:
         # Refuse rather than coerce: int(1.7) == 1 and tuple('12') == ('1', '2') would silently
@@ -91,6 +95,7 @@ class UNetConfig:
                 )
         if self.num_classes is not None:
             check_positive_int("num_classes", self.num_classes)
+        check_prediction(self.prediction)
 
 
 PRESETS: dict[str, UNetConfig] = {

@@ -41,7 +41,11 @@ its sigmas, so with a "Karras" grid the integer-t samplers here match them close
 on the same integer times they agree to rounding (tests/test_diffusers_oracle.py,
 tests/test_diffusers_edm.py).
 
-Book: Reverse process (Part 2) and Fast sampling (Part 3).
+The flow sampler, ``flow_sample(model, x_noise, steps=n, method="euler" | "heun")``, takes a
+velocity field ``model(x, tau) -> u`` in flow time (tau = 0 at noise) instead of an eps-model:
+see ``samplers.flow`` and ``core.flow_matching`` (Part 4).
+
+Book: Reverse process (Part 2), Fast sampling (Part 3) and Flow matching (Part 4).
 """
 
 from diffusion_tutorial.samplers.common import Callback, TimestepFn, ddim_step
@@ -50,6 +54,7 @@ from diffusion_tutorial.samplers.ddpm import ddpm_sample
 from diffusion_tutorial.samplers.dpm_solver import dpm_solver_3_exact_sample, dpm_solver_sample
 from diffusion_tutorial.samplers.dpm_solver_sde import dpm_solver_sde_sample
 from diffusion_tutorial.samplers.edm import SigmaFn, euler_sample, heun_sample
+from diffusion_tutorial.samplers.flow import flow_sample, flow_timesteps
 from diffusion_tutorial.samplers.inverse import (
     Projection,
     check_mask,
@@ -84,6 +89,8 @@ __all__ = [
     "predictor_corrector_sample",
     "heun_sample",
     "euler_sample",
+    "flow_sample",
+    "flow_timesteps",
     "SigmaFn",
     "karras_sigmas",
     "karras_timesteps",

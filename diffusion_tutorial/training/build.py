@@ -19,7 +19,17 @@ from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
 from diffusion_tutorial.networks.unet import PRESETS, UNet
 from diffusion_tutorial.training.config import ConfigError, TrainConfig
 
-__all__ = ["load_dataset", "build_model", "load_init", "init_provenance", "autocast_dtype"]
+__all__ = [
+    "load_dataset",
+    "build_model",
+    "load_init",
+    "init_provenance",
+    "autocast_dtype",
+    "PREDICTION_OF",
+]
+
+PREDICTION_OF = {"eps": "eps", "flow": "velocity"}
+"""The network's ``config.prediction`` for each ``--objective``."""
 
 
 def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -38,17 +48,25 @@ def mnist_train() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_model(cfg: TrainConfig, x: torch.Tensor) -> torch.nn.Module:
-    """The network for ``cfg``: a U-Net preset sized to the images, or an MLP for vectors."""
+    """The network for ``cfg``: a U-Net preset sized to the images, or an MLP for vectors.
+
+    Its ``config.prediction`` records the objective ("eps", or "velocity" for ``--objective
+    flow``), so an exported file says how to read the network.
+    """
     num_classes = 10 if cfg.conditional else None
+    prediction = PREDICTION_OF[cfg.objective]
     name = cfg.model or ("mnist" if x.ndim == 4 else "mlp")
     if name == "mlp":
-        return MLPDenoiser(MLPConfig(dim=x.shape[1], num_classes=num_classes, T=cfg.T))
+        return MLPDenoiser(
+            MLPConfig(dim=x.shape[1], num_classes=num_classes, T=cfg.T, prediction=prediction)
+        )
     unet_cfg = dataclasses.replace(
         PRESETS[name],
         in_channels=x.shape[1],
         image_size=x.shape[2],
         num_classes=num_classes,
         T=cfg.T,
+        prediction=prediction,
     )
     return UNet(unet_cfg)
 

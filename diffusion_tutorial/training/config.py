@@ -21,12 +21,13 @@ from diffusion_tutorial.core.schedules import SCHEDULES
 from diffusion_tutorial.data import TOY_DATASETS
 from diffusion_tutorial.networks.unet import PRESETS
 
-__all__ = ["TrainConfig", "ConfigError", "LR_DECAYS", "PRECISIONS", "DATASETS"]
+__all__ = ["TrainConfig", "ConfigError", "LR_DECAYS", "PRECISIONS", "DATASETS", "OBJECTIVES"]
 
 LR_DECAYS = ("none", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DATASETS = ("mnist", *TOY_DATASETS)
 MODELS = (*PRESETS, "mlp")
+OBJECTIVES = ("eps", "flow")
 
 
 class ConfigError(ValueError):
@@ -104,6 +105,14 @@ class TrainConfig:
         "linear", "noise schedule", choices=tuple(SCHEDULES), same_on_resume=True
     )
     T: int = option(1000, "number of diffusion steps T", low=1, high=1_000_000, same_on_resume=True)
+    objective: str = option(
+        "eps",
+        "what the network learns: 'eps' (L_simple, the noise) or 'flow' (flow matching: the "
+        "velocity u = x_0 - eps at flow times on the schedule's range, read through "
+        "core.flow_matching; --init mnist fine-tunes the eps-model into one)",
+        choices=OBJECTIVES,
+        same_on_resume=True,
+    )
     conditional: bool = option(
         False, "class-conditional model with a learned null class (MNIST only)", same_on_resume=True
     )
@@ -189,6 +198,11 @@ class TrainConfig:
             )
         if toy and self.conditional:
             raise ConfigError("--conditional needs labels: use --dataset mnist")
+        if self.conditional and self.objective == "flow":
+            raise ConfigError(
+                "--objective flow trains unconditional models only (no guided flow sampler yet); "
+                "drop --conditional or use --objective eps"
+            )
         if toy and self.batch_size > self.toy_size:
             raise ConfigError(
                 f"--batch-size must be in 1..{self.toy_size} (--toy-size), got {self.batch_size}"

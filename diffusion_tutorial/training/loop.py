@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from diffusion_tutorial.core.flow_matching import flow_matching_loss
 from diffusion_tutorial.training.build import init_provenance
 from diffusion_tutorial.training.checkpoints import CHECKPOINT, save_checkpoint
 from diffusion_tutorial.training.config import TrainConfig
@@ -91,6 +92,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 grad_clip=cfg.grad_clip,
                 scaler=run.scaler,
                 autocast_dtype=run.autocast_dtype,
+                loss_fn=flow_matching_loss if cfg.objective == "flow" else None,  # None: L_simple
             )
             run.ema.update(run.net)
             run.step += 1

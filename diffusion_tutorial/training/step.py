@@ -11,6 +11,7 @@ Book: Example: DDPM (Part 2). Ho et al. 2020, Algorithm 1; Ho & Salimans 2022, A
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -18,7 +19,10 @@ from torch import nn
 from diffusion_tutorial.core.losses import simple_loss
 from diffusion_tutorial.core.schedules import NoiseSchedule
 
-__all__ = ["train_step", "drop_labels", "learning_rate"]
+__all__ = ["train_step", "drop_labels", "learning_rate", "Loss"]
+
+Loss = Callable[..., torch.Tensor]
+"""``loss(model, x_0, schedule, *, generator) -> scalar``: ``simple_loss`` or ``flow_matching_loss``."""
 
 
 def train_step(
@@ -32,6 +36,7 @@ def train_step(
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
     autocast_dtype: torch.dtype | None = None,
+    loss_fn: Loss | None = None,
 ) -> torch.Tensor:
     """One pass of Algorithm 1's loop: t ~ U{1..T}, eps ~ N(0, I), a gradient step on
     || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2; returns the loss.
@@ -41,13 +46,15 @@ def train_step(
     ``generator`` draws t and eps. The MNIST loop's additions, all off by default: the forward
     pass under autocast in ``autocast_dtype``; a ``scaler`` that scales the fp16 loss so small
     gradients survive; ``grad_clip``, the largest global norm of the (unscaled) gradient.
+    ``loss_fn`` (None: L_simple) replaces the loss, e.g. ``core.flow_matching.flow_matching_loss``
+    (``--objective flow``: steps 2-4 draw a flow time and regress the velocity x_0 - eps instead).
     Book: Introduction (Part 2), eq. (eq-intro-loss). Ho et al. 2020, Algorithm 1 and eq. 14.
     """
     eps_theta = model if y is None else (lambda x_t, t: model(x_t, t, y))
     scaler = scaler if scaler is not None else torch.amp.GradScaler("cpu", enabled=False)
     # Steps 2-4: t ~ U{1..T}, eps ~ N(0, I), x_t and the loss (simple_loss draws t, then eps).
     with torch.autocast(x_0.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        loss = simple_loss(eps_theta, x_0, schedule, generator=generator)
+        loss = (loss_fn or simple_loss)(eps_theta, x_0, schedule, generator=generator)
     # Step 5: one gradient descent step on the loss (here any optimiser: Adam, AdamW).
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
