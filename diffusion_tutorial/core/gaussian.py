@@ -17,7 +17,7 @@ result is cast to the input dtype.
 
 Book: Reverse process (the Gaussian case, Part 2). Song et al. 2021, eq. 13 (ODE).
 
-:class:`GaussianMixtureData` extends the optimal denoiser to a mixture sum_k w_k N(mu_k, s_k^2 I),
+:class:`GaussianMixtureData` extends the optimal denoiser to a mixture sum_k w_k N(mu_k, sigma_data_k^2 I),
 where it is no longer linear in x_t, and gives the exact posterior variance of eps, whose mean over
 x_t is the best loss any eps-predictor can reach at time t. Book: Example: DDPM (Part 2).
 """
@@ -133,14 +133,14 @@ class GaussianData:
 
 @dataclass(frozen=True, eq=False)
 class GaussianMixtureData:
-    """Data x_0 ~ sum_k w_k N(mu_k, s_k^2 I) in D dimensions: K isotropic Gaussian components.
+    """Data x_0 ~ sum_k w_k N(mu_k, sigma_data_k^2 I) in D dimensions: K isotropic Gaussian components.
 
     ``weights`` (K,) > 0 summing to 1, ``means`` (K, D), ``stds`` (K,) > 0. Given the component k,
-    x_t = a_t x_0 + sigma_t eps is Gaussian with mean a_t mu_k and variance m_k^2 = a_t^2 s_k^2
+    x_t = a_t x_0 + sigma_t eps is Gaussian with mean a_t mu_k and variance m_k^2 = a_t^2 sigma_data_k^2
     + sigma_t^2 per coordinate, so with responsibilities r_k(x_t) = p(k | x_t) (Bayes' rule):
 
     - E[eps | x_t] = sum_k r_k e_k, with e_k = sigma_t (x_t - a_t mu_k) / m_k^2;
-    - tr Cov[eps | x_t] = sum_k r_k (D a_t^2 s_k^2 / m_k^2 + |e_k|^2) - |E[eps | x_t]|^2.
+    - tr Cov[eps | x_t] = sum_k r_k (D a_t^2 sigma_data_k^2 / m_k^2 + |e_k|^2) - |E[eps | x_t]|^2.
 
     Computations run in float64; results are cast to the input's dtype and device.
     Book: Example: DDPM (Part 2), eq. (eq-ddpmex-best-loss).
@@ -176,7 +176,7 @@ class GaussianMixtureData:
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """Draw n examples (n, D): a component k ~ w, then x_0 = mu_k + s_k * eps."""
+        """Draw n examples (n, D): a component k ~ w, then x_0 = mu_k + sigma_data_k * eps."""
         n = check_positive_int("n", n)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (n,)
         eps = torch.randn((n, self.dim), generator=generator, dtype=torch.float64)
