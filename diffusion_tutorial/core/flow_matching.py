@@ -5,8 +5,8 @@ A network trained by the package reads a state at one of its book times t in [1,
 noise level. An eps-network becomes a velocity field with no training
 (:func:`velocity_from_eps_model`); a network trained with the flow objective
 (``config.prediction == "velocity"``, ``--objective flow``) outputs u (:func:`velocity_model`).
-The linear schedule with T = 1000 covers flow times tau_T ~ 0.0064 to tau_1 ~ 0.990 only; outside,
-the network reads the state at the nearest covered flow time. Conventions (tau = 0 at noise):
+The linear schedule with T = 1000 covers flow times s_min ~ 0.0064 to s_max ~ 0.990 only; outside,
+the network reads the state at the nearest covered flow time. Conventions (s = 0 at noise):
 :mod:`diffusion_tutorial.core.flow`.
 
 Book: Flow matching (Part 4). Lipman et al. 2023, eq. 23 (conditional flow matching);
@@ -24,7 +24,7 @@ from diffusion_tutorial.checks import (
     check_model_output,
     expand_like,
 )
-from diffusion_tutorial.core.flow import VelocityModel, _tau, u_from_eps, vp_scale
+from diffusion_tutorial.core.flow import VelocityModel, _flow_t, u_from_eps, vp_scale
 from diffusion_tutorial.core.forward import randn_like
 from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
@@ -40,7 +40,7 @@ __all__ = [
 
 
 def flow_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
-    """(tau_T, tau_1): the flow times of book times T and 1, the range a network of ``schedule`` covers.
+    """(s_min, s_max): the flow times of book times T and 1 (s_min < s_max), the range a network of ``schedule`` covers.
 
     About (0.0064, 0.990) for the linear schedule with T = 1000.
     """
@@ -51,31 +51,31 @@ def flow_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
 
 
 def flow_network_input(
-    x: torch.Tensor, tau: torch.Tensor | float, schedule: NoiseSchedule
+    x: torch.Tensor, flow_t: torch.Tensor | float, schedule: NoiseSchedule
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What a book network reads at flow time tau: (x_VP = (a + b) x, fractional book time t, tau used).
+    """What a book network reads at flow time s: (x_VP = (a + b) x, fractional book time t, s used).
 
-    t is the book time of the same noise level (``NoiseLevel.from_flow_time_noise_at_0(tau).t``),
-    not tau T: the time embedding then means what it meant for the eps-model (one network, every
-    reading), while tau T would put book time 500 at tau = 0.5, where alpha_bar = 1/2, not at
+    t is the book time of the same noise level (``NoiseLevel.from_flow_time_noise_at_0(s).t``),
+    not s T: the time embedding then means what it meant for the eps-model (one network, every
+    reading), while s T would put book time 500 at s = 0.5, where alpha_bar = 1/2, not at
     alpha_bar_500 = 0.08. The input scale a + b is EDM's c_in for unit-variance data (the flow
-    state's variance tau^2 + (1 - tau)^2 becomes 1).
-    Ends: flow times outside [tau_T, tau_1] (``flow_time_range``) are clamped to it, i.e. the
-    network reads the state as if it were at the nearest covered time: at tau = 0 the noise is
+    state's variance s^2 + (1 - s)^2 becomes 1).
+    Ends: flow times outside [s_min, s_max] (``flow_time_range``) are clamped to it, i.e. the
+    network reads the state as if it were at the nearest covered time: at s = 0 the noise is
     read as x_T, as DDIM does. Returns x_VP in x's dtype, t as float64 (B,) when x is float64,
-    else float32, and the clamped tau (float64 (B,)).
+    else float32, and the clamped s (float64 (B,)).
     """
     check_float_tensor("x", x)
     if x.ndim < 1:
         raise ValueError("x must have a batch dimension (B, ...), got a scalar")
-    tau = _tau(tau, x, 0.0, 1.0).reshape(-1).expand(x.shape[0])  # (B,)
+    flow_t = _flow_t(flow_t, x, 0.0, 1.0).reshape(-1).expand(x.shape[0])  # (B,)
     lo, hi = flow_time_range(schedule)
-    tau = tau.clamp(lo, hi)
-    level = NoiseLevel.from_flow_time_noise_at_0(tau.cpu())
+    flow_t = flow_t.clamp(lo, hi)
+    level = NoiseLevel.from_flow_time_noise_at_0(flow_t.cpu())
     t = level.t(schedule).clamp(1, schedule.T)  # (B,) float64; the clamp only absorbs rounding
     t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x_vp = (expand_like(vp_scale(tau), x.to(torch.float64)) * x.to(torch.float64)).to(x.dtype)
-    return x_vp, t.to(device=x.device, dtype=t_dtype), tau
+    x_vp = (expand_like(vp_scale(flow_t), x.to(torch.float64)) * x.to(torch.float64)).to(x.dtype)
+    return x_vp, t.to(device=x.device, dtype=t_dtype), flow_t
 
 
 def _prediction(model: object) -> str | None:
@@ -85,10 +85,10 @@ def _prediction(model: object) -> str | None:
 
 
 def velocity_from_eps_model(model: Model, schedule: NoiseSchedule) -> VelocityModel:
-    """The velocity field of an eps-model, no training: u(x, tau) = (x - eps_hat) / tau = x0_hat - eps_hat.
+    """The velocity field of an eps-model, no training: u(x, s) = (x - eps_hat) / s = x0_hat - eps_hat.
 
-    eps_hat = model((a + b) x, t) at the book time t of flow time tau (``flow_network_input``:
-    tau is clamped to [tau_T, tau_1], where the model was trained). Euler's method on this field,
+    eps_hat = model((a + b) x, t) at the book time t of flow time s (``flow_network_input``:
+    s is clamped to [s_min, s_max], where the model was trained). Euler's method on this field,
     on the flow times of DDIM's grid, is deterministic DDIM (``samplers.flow``).
     Book: Flow matching (Part 4). Lipman et al. 2023, eq. 20 (Gaussian paths).
     """
@@ -100,16 +100,16 @@ def velocity_from_eps_model(model: Model, schedule: NoiseSchedule) -> VelocityMo
     if not callable(model):
         raise TypeError(f"model must be a function model(x_t, t) -> eps_hat, got {type(model)}")
 
-    def velocity(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        x_vp, t, tau_c = flow_network_input(x, tau, schedule)
+    def velocity(x: torch.Tensor, flow_t: torch.Tensor) -> torch.Tensor:
+        x_vp, t, flow_t_in = flow_network_input(x, flow_t, schedule)
         eps_hat = check_model_output(model(x_vp, t), x_vp, t)  # (B, ...)
-        return u_from_eps(x, eps_hat.to(x.dtype), tau_c)
+        return u_from_eps(x, eps_hat.to(x.dtype), flow_t_in)
 
     return velocity
 
 
 def velocity_model(net: nn.Module, schedule: NoiseSchedule) -> VelocityModel:
-    """A network trained with the flow objective as a velocity field: u(x, tau) = net((a + b) x, t).
+    """A network trained with the flow objective as a velocity field: u(x, s) = net((a + b) x, t).
 
     ``net.config.prediction`` must be ``"velocity"`` (``--objective flow``); an eps-network is
     refused (read it with :func:`velocity_from_eps_model`). The input map is
@@ -123,8 +123,8 @@ def velocity_model(net: nn.Module, schedule: NoiseSchedule) -> VelocityModel:
             "field with velocity_from_eps_model(model, schedule)"
         )
 
-    def velocity(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        x_vp, t, _ = flow_network_input(x, tau, schedule)
+    def velocity(x: torch.Tensor, flow_t: torch.Tensor) -> torch.Tensor:
+        x_vp, t, _ = flow_network_input(x, flow_t, schedule)
         return check_model_output(net(x_vp, t), x_vp, t).to(x.dtype)
 
     return velocity
@@ -136,13 +136,13 @@ def flow_matching_loss(
     schedule: NoiseSchedule,
     *,
     generator: torch.Generator | None = None,
-    tau: torch.Tensor | None = None,
+    flow_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """L_FM = E_{tau, eps} || (x_0 - eps) - u_theta(x_tau, tau) ||^2, x_tau = tau x_0 + (1 - tau) eps.
+    """L_FM = E_{s, eps} || (x_0 - eps) - u_theta(x_s, s) ||^2, x_s = s x_0 + (1 - s) eps.
 
-    tau ~ U[tau_T, tau_1] (``flow_time_range``: the flow times the network's book-time input
-    covers), then eps ~ N(0, I), both from ``generator`` (``tau`` (B,) overrides the draw); the
-    network reads ``flow_network_input`` ((a + b) x_tau and the matching fractional book time).
+    s ~ U[s_min, s_max] (``flow_time_range``: the flow times the network's book-time input
+    covers), then eps ~ N(0, I), both from ``generator`` (``s`` (B,) overrides the draw); the
+    network reads ``flow_network_input`` ((a + b) x_s and the matching fractional book time).
     Returns the mean over the batch and all dimensions, like ``simple_loss``.
     Book: Flow matching (Part 4). Lipman et al. 2023, eq. 23 (conditional flow matching).
     """
@@ -151,15 +151,15 @@ def flow_matching_loss(
         raise ValueError(f"x_0 must be a batch (B, ...) with B >= 1, got shape {tuple(x_0.shape)}")
     B = x_0.shape[0]
     lo, hi = flow_time_range(schedule)
-    if tau is None:
+    if flow_t is None:
         device = generator.device if generator is not None else x_0.device
         r = torch.rand(B, generator=generator, device=device, dtype=torch.float64)
-        tau = lo + (hi - lo) * r.to(x_0.device)  # (B,)
+        flow_t = lo + (hi - lo) * r.to(x_0.device)  # (B,)
     else:
-        tau = _tau(tau, x_0, 0.0, 1.0).reshape(-1).expand(B)
+        flow_t = _flow_t(flow_t, x_0, 0.0, 1.0).reshape(-1).expand(B)
     eps = randn_like(x_0, generator)  # (B, ...)
-    s = expand_like(tau, x_0)  # (B, 1, ..., 1) in x_0's dtype
-    x_tau = s * x_0 + (1 - s) * eps  # (B, ...)
-    x_vp, t, _ = flow_network_input(x_tau, tau, schedule)
+    s = expand_like(flow_t, x_0)  # (B, 1, ..., 1) in x_0's dtype
+    x_s = s * x_0 + (1 - s) * eps  # (B, ...)
+    x_vp, t, _ = flow_network_input(x_s, flow_t, schedule)
     u_hat = check_model_output(model(x_vp, t), x_vp, t)  # (B, ...)
     return torch.mean((u_hat - (x_0 - eps)) ** 2)

@@ -14,13 +14,13 @@ VP sigma = b = sqrt(1 - alpha_bar)  sqrt(sigmoid(-2 lam))                 0 ... 
 EDM / VE sigma = b / a              exp(-lam)                             0 ... inf
 alpha_bar = a^2                     sigmoid(2 lam)                        1 ... 0
 flow time s, 0 at noise (Lipman)    sigmoid(lam) = a / (a + b)            1 ... 0
-flow time u, 0 at data (SD3)        sigmoid(-lam) = b / (a + b)           0 ... 1
+flow time 1 - s, 0 at data (SD3)    sigmoid(-lam) = b / (a + b)           0 ... 1
 ==================================  ====================================  ===============
 
 The flow rows: x / (a + b) = (a / (a + b)) x_0 + (b / (a + b)) eps is a point of the linear path
 x_FM = s x_0 + (1 - s) eps at s = a / (a + b) (Lipman et al. 2023, Liu et al. 2023: noise at
-s = 0), or x_FM = (1 - u) x_0 + u eps at u = 1 - s (Esser et al. 2024, SD3 and minRF: data at
-u = 0). So x_VP = (a + b) x_FM, and a / (a + b) = 1 / (1 + exp(-lam)) = sigmoid(lam).
+s = 0), or x_FM = (1 - r) x_0 + r eps at r = 1 - s (Esser et al. 2024, SD3 and minRF: data at
+r = 0; the book writes 1 - s, since u is flow matching's velocity). So x_VP = (a + b) x_FM, and a / (a + b) = 1 / (1 + exp(-lam)) = sigmoid(lam).
 
 Fractional book times (the rule): for t in [1, T], lam is linear in t between the grid values
 ``schedule.lam[floor(t)]`` and ``schedule.lam[floor(t) + 1]`` (interpolation in log-SNR; also
@@ -116,7 +116,7 @@ class NoiseLevel:
 
     @classmethod
     def from_flow_time_data_at_0(cls, flow_t: torch.Tensor | float) -> NoiseLevel:
-        """From flow time u = ``flow_t`` in [0, 1] of x = (1 - u) x_0 + u eps (SD3, minRF): lam = log((1 - u) / u)."""
+        """From flow time r = 1 - s = ``flow_t`` in [0, 1] of x = (1 - r) x_0 + r eps (SD3, minRF): lam = log((1 - r) / r)."""
         u = _as_float64("flow_t", flow_t, 0.0, 1.0)
         return cls(torch.log1p(-u) - torch.log(u))
 
@@ -162,7 +162,7 @@ class NoiseLevel:
         return torch.sigmoid(self.lam)
 
     def flow_time_data_at_0(self) -> torch.Tensor:
-        """Flow time u = b / (a + b) = sigmoid(-lam) of x = (1 - u) x_0 + u eps (0 at data)."""
+        """Flow time r = 1 - s = b / (a + b) = sigmoid(-lam) of x = (1 - r) x_0 + r eps (0 at data)."""
         return torch.sigmoid(-self.lam)
 
     def t(self, schedule: NoiseSchedule) -> torch.Tensor:

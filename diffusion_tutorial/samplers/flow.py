@@ -1,17 +1,17 @@
-"""Flow samplers: Euler and Heun on dx/dtau = u(x, tau), from noise at flow time 0 to data at 1.
+"""Flow samplers: Euler and Heun on dx/ds = u(x, s), from noise at flow time 0 to data at 1.
 
-``model(x, tau) -> u`` is a velocity field (``core.flow.VelocityModel``), tau float64 (B,) flow
+``model(x, s) -> u`` is a velocity field (``core.flow.VelocityModel``), s float64 (B,) flow
 times with noise at 0 (Lipman et al. 2023, Liu et al. 2023; SD3 and minRF run 1 -> 0 instead).
 A package network is wrapped first, so that the sampler never guesses how it reads time:
 ``core.flow.velocity_model(net, schedule)`` for a network trained with the flow objective,
 ``core.flow.velocity_from_eps_model(model, schedule)`` for an eps-model (passing a bare network
-is refused). Both feed the network the book time of the same noise level (not tau T) and read
-flow times outside the schedule's range [tau_T, tau_1] ~ [0.0064, 0.990] at the nearest end.
+is refused). Both feed the network the book time of the same noise level (not s T) and read
+flow times outside the schedule's range [s_min, s_max] ~ [0.0064, 0.990] at the nearest end.
 
-Ends: the grid runs from tau_0 (default 0: ``x_noise`` is pure noise) to 1, and u is never
-evaluated at tau = 1: Euler's last step uses u at the last grid time before 1, and Heun's last
+Ends: the grid runs from s_0 (default 0: ``x_noise`` is pure noise) to 1, and u is never
+evaluated at s = 1: Euler's last step uses u at the last grid time before 1, and Heun's last
 step is Euler alone (as EDM's Heun ends), so ``steps`` steps cost ``steps`` model calls
-(Euler) or 2 steps - 1 (Heun). Euler from tau to 1 returns x0_hat = x + (1 - tau) u, the same
+(Euler) or 2 steps - 1 (Heun). Euler from s to 1 returns x0_hat = x + (1 - s) u, the same
 last step as DDIM's return of x0_hat at t = 0.
 
 Euler on ``velocity_from_eps_model`` on the flow times of DDIM's book times
@@ -45,9 +45,9 @@ FLOW_METHODS = ("euler", "heun")
 def flow_timesteps(
     schedule: NoiseSchedule, steps: int, timesteps: TimestepFn = leading_timesteps
 ) -> torch.Tensor:
-    """The flow times tau_i = a / (a + b) of a book-time grid (``timesteps(schedule, steps)``), float64 (steps + 1,).
+    """The flow times s_i = a / (a + b) of a book-time grid (``timesteps(schedule, steps)``), float64 (steps + 1,).
 
-    Increasing from tau(t_0) to tau(0) = 1: the grid on which Euler is the integer-t sampler's
+    Increasing from s(t_0) to s(0) = 1: the grid on which Euler is the integer-t sampler's
     DDIM (``NoiseLevel.from_t(t, schedule).flow_time_noise_at_0()``).
     """
     ts = resolve_timesteps(timesteps, schedule, steps)
@@ -66,35 +66,35 @@ def _grid(steps: int, timesteps: torch.Tensor | Sequence[float] | None) -> list[
                 f"timesteps must be a 1-D float tensor of flow times, got {timesteps.dtype} of "
                 f"shape {tuple(timesteps.shape)}"
             )
-        taus = timesteps.to(torch.float64).tolist()
+        flow_ts = timesteps.to(torch.float64).tolist()
     elif isinstance(timesteps, Sequence) and all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in timesteps
     ):
-        taus = [float(v) for v in timesteps]
+        flow_ts = [float(v) for v in timesteps]
     else:
         raise TypeError(
             "timesteps must be None, a 1-D float tensor or a sequence of flow times "
             f"(a callable grid rule is not accepted: use flow_timesteps), got {type(timesteps)}"
         )
-    ok = len(taus) == steps + 1 and taus[0] >= 0 and taus[-1] == 1
-    if not ok or any(not a < b for a, b in zip(taus, taus[1:], strict=False)):
+    ok = len(flow_ts) == steps + 1 and flow_ts[0] >= 0 and flow_ts[-1] == 1
+    if not ok or any(not a < b for a, b in zip(flow_ts, flow_ts[1:], strict=False)):
         raise ValueError(
             f"timesteps must hold steps + 1 = {steps + 1} strictly increasing flow times from >= 0 "
-            f"to exactly 1 (noise at 0, data at 1), got {len(taus)} values "
-            f"{taus[:3]}...{taus[-2:]}"
+            f"to exactly 1 (noise at 0, data at 1), got {len(flow_ts)} values "
+            f"{flow_ts[:3]}...{flow_ts[-2:]}"
         )
-    return taus
+    return flow_ts
 
 
-def _velocity(model: VelocityModel, x: torch.Tensor, tau: float) -> torch.Tensor:
-    """u = model(x, tau) with tau as float64 (B,), checked: a finite tensor shaped like x."""
-    tau_batch = torch.full((x.shape[0],), tau, dtype=torch.float64, device=x.device)  # (B,)
-    u = model(x, tau_batch)
+def _velocity(model: VelocityModel, x: torch.Tensor, flow_t: float) -> torch.Tensor:
+    """u = model(x, s) with s as float64 (B,), checked: a finite tensor shaped like x."""
+    flow_t_batch = torch.full((x.shape[0],), flow_t, dtype=torch.float64, device=x.device)  # (B,)
+    u = model(x, flow_t_batch)
     if not isinstance(u, torch.Tensor) or u.shape != x.shape:
         got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
-        raise ValueError(f"model(x, tau) must return u shaped {tuple(x.shape)}, got {got}")
+        raise ValueError(f"model(x, flow_t) must return u shaped {tuple(x.shape)}, got {got}")
     if not torch.isfinite(u).all():
-        raise ValueError(f"the model output u contains NaN or inf at tau = {tau:.6g}")
+        raise ValueError(f"the model output u contains NaN or inf at flow_t = {flow_t:.6g}")
     return u.to(x.dtype)
 
 
@@ -107,12 +107,12 @@ def _check_model(model: object) -> None:
             else "velocity_from_eps_model(model, schedule)"
         )
         raise TypeError(
-            f"flow_sample needs a velocity field u(x, tau) in flow time; model is a network "
+            f"flow_sample needs a velocity field u(x, flow_t) in flow time; model is a network "
             f"(prediction {pred!r}) that reads book times t: wrap it with "
             f"diffusion_tutorial.core.flow.{wrap}"
         )
     if not callable(model):
-        raise TypeError(f"model must be a velocity field model(x, tau) -> u, got {type(model)}")
+        raise TypeError(f"model must be a velocity field model(x, flow_t) -> u, got {type(model)}")
 
 
 @torch.no_grad()
@@ -126,15 +126,15 @@ def flow_sample(
     callback: Callback | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Integrate dx/dtau = u(x, tau) from tau_0 to 1: Euler x' = x + h u, or Heun x' = x + h (u + u') / 2.
+    """Integrate dx/ds = u(x, s) from s_0 to 1: Euler x' = x + h u, or Heun x' = x + h (u + u') / 2.
 
-    h = tau_{i+1} - tau_i; Heun's u' = u(x + h u, tau_{i+1}), except on the last step (to tau = 1,
+    h = s_{i+1} - s_i; Heun's u' = u(x + h u, s_{i+1}), except on the last step (to s = 1,
     never evaluated), so Heun costs 2 steps - 1 model calls and is second order (error ~ steps^-2),
     Euler first order. ``x_noise`` (B, ...) is the state at ``timesteps[0]``: pure noise at the
-    default tau_0 = 0. ``timesteps``: None (uniform, tau_i = i / steps) or steps + 1 strictly
+    default s_0 = 0. ``timesteps``: None (uniform, s_i = i / steps) or steps + 1 strictly
     increasing flow times ending at 1, e.g. :func:`flow_timesteps` of a book-time grid.
-    ``callback(i, tau, x, x0_hat)`` runs once per model call i with the flow time, the state and
-    x0_hat = x + (1 - tau) u. ``model`` must be a velocity field (a bare network is refused with
+    ``callback(i, s, x, x0_hat)`` runs once per model call i with the flow time, the state and
+    x0_hat = x + (1 - s) u. ``model`` must be a velocity field (a bare network is refused with
     the wrapper to use); see the module docstring for how the ends are handled.
     Book: Flow matching (Part 4). Lipman et al. 2023, sec. 4; Karras et al. 2022, Algorithm 1.
     """
@@ -144,23 +144,23 @@ def flow_sample(
         raise ValueError("x_noise must have a batch dimension (B, ...), got a scalar")
     if method not in FLOW_METHODS:
         raise ValueError(f"method must be one of {list(FLOW_METHODS)}, got {method!r}")
-    taus = _grid(steps, timesteps)
+    flow_ts = _grid(steps, timesteps)
     x = x_noise
     calls = 0
     for i in progress_bar(steps, progress, f"flow ({method})"):
-        tau, tau_next = taus[i], taus[i + 1]
-        h = tau_next - tau
-        # Step 1: the velocity at (x, tau) and Euler's step.
-        u = _velocity(model, x, tau)
+        flow_t, flow_t_next = flow_ts[i], flow_ts[i + 1]
+        h = flow_t_next - flow_t
+        # Step 1: the velocity at (x, s) and Euler's step.
+        u = _velocity(model, x, flow_t)
         if callback is not None:
-            callback(calls, tau, x, x0_from_u(x, u, tau))
+            callback(calls, flow_t, x, x0_from_u(x, u, flow_t))
         calls += 1
         x_next = x + h * u  # (B, ...)
-        # Step 2 (Heun): the trapezoidal correction with u at the Euler point, except into tau = 1.
-        if method == "heun" and tau_next < 1:
-            u_next = _velocity(model, x_next, tau_next)
+        # Step 2 (Heun): the trapezoidal correction with u at the Euler point, except into s = 1.
+        if method == "heun" and flow_t_next < 1:
+            u_next = _velocity(model, x_next, flow_t_next)
             if callback is not None:
-                callback(calls, tau_next, x_next, x0_from_u(x_next, u_next, tau_next))
+                callback(calls, flow_t_next, x_next, x0_from_u(x_next, u_next, flow_t_next))
             calls += 1
             x_next = x + h * (u + u_next) / 2
         x = x_next
