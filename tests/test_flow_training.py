@@ -74,7 +74,11 @@ def test_flow_objective_exports_a_velocity_model(tmp_path, fake_mnist):
 
 
 def test_flow_fine_tune_starts_from_the_eps_models_weights(tmp_path, fake_mnist):
-    """--init with an eps-model and --objective flow: same weights, read as a velocity network."""
+    """--init with an eps-model and --objective flow: same weights, read as a velocity network.
+
+    Caught: the EMA made with warmup=not cfg.init (its average would keep the eps weights for
+    ~1 / (1 - decay) steps: the step-200 EMA of a real fine-tune sampled garbage, FID 24x floor).
+    """
     eps_file = tmp_path / "eps.safetensors"
     train(config(tmp_path / "a", export=str(eps_file)))
     cfg = config(tmp_path / "b", objective="flow", init=str(eps_file))
@@ -84,6 +88,13 @@ def test_flow_fine_tune_starts_from_the_eps_models_weights(tmp_path, fake_mnist)
     assert want.config.prediction == "eps" and net.config.prediction == "velocity"
     for key, value in want.state_dict().items():
         assert torch.equal(value, net.state_dict()[key]), key
+    # The EMA forgets eps weights fine-tuned into a velocity network (it warms up, as from a
+    # random start), but keeps the full decay when the init already predicts the same thing.
+    train(cfg)
+    train(config(tmp_path / "c", init=str(eps_file)))
+    for run, warmup in (("b", True), ("c", False)):
+        ema = torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["ema"]
+        assert ema["warmup"] is warmup, run
 
 
 def test_the_loop_minimises_the_objectives_loss(tmp_path, fake_mnist, monkeypatch):

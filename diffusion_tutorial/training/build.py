@@ -71,11 +71,13 @@ def build_model(cfg: TrainConfig, x: torch.Tensor) -> torch.nn.Module:
     return UNet(unet_cfg)
 
 
-def load_init(model: torch.nn.Module, cfg: TrainConfig, schedule: NoiseSchedule) -> None:
+def load_init(model: torch.nn.Module, cfg: TrainConfig, schedule: NoiseSchedule) -> str:
     """Copy the weights of ``cfg.init`` (a shipped name or a .safetensors path) into ``model``.
 
     The file must describe the same network and noise schedule as ``cfg``; fine-tuning starts
-    from its weights with a fresh optimiser and an EMA that starts at those weights.
+    from its weights with a fresh optimiser and an EMA that starts at those weights. It may
+    predict something else (``--init mnist --objective flow``: eps weights, a velocity network).
+    Returns what the file's network predicts, ``"eps"`` or ``"velocity"``.
     """
     init = cfg.init
     try:
@@ -101,6 +103,7 @@ def load_init(model: torch.nn.Module, cfg: TrainConfig, schedule: NoiseSchedule)
             f"--init {init!r} is a different network than this run's {type(model).__name__} "
             f"(model={cfg.model!r}, conditional={cfg.conditional}): parameter names or shapes differ"
         ) from err
+    return src.config.prediction
 
 
 _PROVENANCE_KEYS = ("steps", "batch_size", "hardware", "wall_time_s", "init")

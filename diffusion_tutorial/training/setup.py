@@ -126,8 +126,9 @@ def prepare_run(
     with torch.random.fork_rng(devices=[]):  # weight init: seeded, same on every rank
         torch.manual_seed(cfg.seed)
         net = build_model(cfg, x_all).to(proc.device)
+    init_prediction = None  # what the --init weights predict ("eps" or "velocity")
     if cfg.init and not cfg.resume:  # a resumed run starts from its checkpoint instead
-        load_init(net, cfg, schedule)
+        init_prediction = load_init(net, cfg, schedule)
     checkpoint = claim_run_folder(lock, cfg, net, proc.device, y_all)  # labels, --export, lock
     try:
         check_writable(Path(cfg.out_dir) / LOSS_LOG, "--out")
@@ -151,7 +152,10 @@ def prepare_run(
         y_all=y_all.to(proc.device) if net.config.num_classes is not None else None,
         net=net,
         model=model,
-        ema=EMA(net, cfg.ema_decay, warmup=not cfg.init),  # an init is already an average
+        # An init that predicts what this run learns is already an average: full decay at once.
+        # One of another objective (mnist's eps weights for --objective flow) is a start to
+        # forget, like a random one: the EMA warms up.
+        ema=EMA(net, cfg.ema_decay, warmup=init_prediction != net.config.prediction),
         opt=torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
         scaler=torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16),
         gen=torch.Generator(device=proc.device).manual_seed(cfg.seed + 7919 * proc.rank),
