@@ -28,7 +28,9 @@ from diffusion_tutorial.training.loop import train
 __all__ = ["main", "parse_args", "build_parser"]
 
 _DESCRIPTION = (
-    "Train a DDPM noise predictor (L_simple) on MNIST or a toy 2-D data set. Writes "
+    "Train a DDPM noise predictor (L_simple), or with --objective flow a flow-matching "
+    "velocity network (--init mnist fine-tunes the shipped model), on MNIST or a toy 2-D data "
+    "set. Writes "
     "checkpoint.pt, loss.csv and sample grids (PNG) to --out; a folder that holds a run needs "
     "--resume (continue) or --overwrite (start over), and one run at a time: a run holds "
     "the lock file run.lock in --out while it trains (not on Windows, which lacks fcntl: "
