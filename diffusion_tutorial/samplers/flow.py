@@ -3,8 +3,8 @@
 ``model(x, s) -> u`` is a velocity field (``core.flow.VelocityModel``), s float64 (B,) flow
 times with noise at 0 (Lipman et al. 2023, Liu et al. 2023; SD3 and minRF run 1 -> 0 instead).
 A package network is wrapped first, so that the sampler never guesses how it reads time:
-``core.flow.velocity_model(net, schedule)`` for a network trained with the flow objective,
-``core.flow.velocity_from_eps_model(model, schedule)`` for an eps-model (passing a bare network
+``core.flow_matching.velocity_model(net, schedule)`` for a network trained with the flow objective,
+``core.flow_matching.velocity_from_eps_model(model, schedule)`` for an eps-model (passing a bare network
 is refused). Both feed the network the book time of the same noise level (not s T) and read
 flow times outside the schedule's range [s_min, s_max] ~ [0.0064, 0.990] at the nearest end.
 
@@ -109,7 +109,7 @@ def _check_model(model: object) -> None:
         raise TypeError(
             f"flow_sample needs a velocity field u(x, flow_t) in flow time; model is a network "
             f"(prediction {pred!r}) that reads book times t: wrap it with "
-            f"diffusion_tutorial.core.flow.{wrap}"
+            f"diffusion_tutorial.core.flow_matching.{wrap}"
         )
     if not callable(model):
         raise TypeError(f"model must be a velocity field model(x, flow_t) -> u, got {type(model)}")
