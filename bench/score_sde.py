@@ -366,8 +366,19 @@ def bpd_table(rows: list[dict]) -> list[str]:
         "for the discrete levels, with its discretised decoder.",
     ]
     if len(means) >= 2:
-        (s1, a), (s2, b) = list(means.items())[-2:]
-        common = min(a["n"], b["n"])
+        s1, s2 = sorted(means)[-2:]
+        per_image = {
+            steps: {
+                r["first"] + i: b
+                for r in ode
+                if r["steps"] == steps
+                for i, b in enumerate(r["bpd"])
+            }
+            for steps in (s1, s2)
+        }
+        common = sorted(per_image[s1].keys() & per_image[s2].keys())
+        diff = [per_image[s2][i] - per_image[s1][i] for i in common]
+        se = statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         rich = (
             f"; for a second-order solver the error left at {s2} steps is about a third of that "
             "difference (Richardson)"
@@ -375,8 +386,9 @@ def bpd_table(rows: list[dict]) -> list[str]:
             else ""
         )
         out.append(
-            f"Step-size bias: {s2} vs {s1} Heun steps differ by {b['mean'] - a['mean']:+.3f} bpd "
-            f"(on {common}+ images){rich}."
+            f"Step-size bias: {s2} vs {s1} Heun steps differ by {statistics.mean(diff):+.4f} ± "
+            f"{se:.4f} bpd (paired over the same {len(diff)} images, probes and dequantisation; "
+            f"the ± is the SE over images){rich}."
         )
     return out
 
