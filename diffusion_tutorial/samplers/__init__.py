@@ -42,7 +42,7 @@ on the same integer times they agree to rounding (tests/test_diffusers_oracle.py
 tests/test_diffusers_edm.py).
 
 The flow sampler, ``flow_sample(model, x_noise, steps=n, method="euler" | "heun")``, takes a
-velocity field ``model(x, tau) -> u`` in flow time (tau = 0 at noise) instead of an eps-model:
+velocity field ``model(x, flow_t) -> u`` in flow time s (s = 0 at noise) instead of an eps-model:
 see ``samplers.flow`` and ``core.flow_matching`` (Part 4).
 
 Book: Reverse process (Part 2), Fast sampling (Part 3) and Flow matching (Part 4).
