@@ -15,7 +15,7 @@ noise stream of the stochastic samplers (seed + 10,000). Each line holds:
 * ``seconds``: wall time of sampling, with ``threads`` torch threads.
 
 Sampler strings as in ``bench/quality.py`` (``ddpm``, ``ddim:STEPS:ETA``, ``hat:STEPS``,
-``dpm:STEPS[:ORDER]``, ``sde:STEPS``). Runs already in ``--out`` are skipped, so the command can
+``dpm:STEPS[:ORDER]``, ``sde:STEPS``, ``heun:STEPS`` and ``euler:STEPS`` for EDM's samplers). Runs already in ``--out`` are skipped, so the command can
 be stopped and restarted, and draws can run in parallel processes (one seed each).
 ``--keep K`` stores the first K samples of every run of the draw as uint8 in
 ``<out stem>_samples_seed<seed>.npz`` (key: the sampler string).
@@ -24,6 +24,17 @@ Reproduce the committed file (three processes, one thread each; DDPM-1000 domina
 
     for s in 0 1 2; do OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/mnist_sweep.py \\
         --seed $s --n 250 --threads 1 --keep 64 & done
+
+The larger run at n = 1,000 per draw that Part 3 ch. 3 ranks samplers with,
+``diffusion_tutorial/results/mnist_sweep_n1000.jsonl`` (no DDPM-1000, no stored samples; five
+draws at 19-20 NFE, three elsewhere; ~60-115 s per 20-NFE sampler and draw on a free core):
+
+    S=diffusion_tutorial/results/mnist_sweep_n1000.jsonl
+    run() { OMP_NUM_THREADS=1 .venv/bin/python bench/mnist_sweep.py --seed $1 --n 1000 \\
+        --batch 250 --threads 1 --samplers "$2" --out $S; }
+    for s in 0 1 2 3 4; do run $s sde:20,dpm:20,ddim:20:0,ddim:20:1,heun:10,euler:20; done
+    for s in 0 1 2; do run $s ddim:10:0,dpm:10,sde:10,heun:5,ddim:5:0,dpm:5; done
+    for s in 0 1 2; do run $s ddim:1:0,ddim:2:0,ddim:4:0,dpm:1,dpm:2,dpm:4,heun:3; done
 
 Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table diffusion_tutorial/results/mnist_sweep.jsonl``.
 """
