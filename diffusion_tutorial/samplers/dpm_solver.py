@@ -5,7 +5,8 @@ Two samplers: :func:`dpm_solver_sample` (orders 1, 2 and 3 as readers meet them:
 :func:`dpm_solver_3_exact_sample` (the parabola through three predictions integrated exactly, a
 true third-order multistep that the common 3M is not).
 
-Book: Fast sampling (Part 3). Lu et al. 2022b, "DPM-Solver++", eq. 8 and Algorithm 2.
+Book: Fast sampling (Part 3); the probability-flow ODE itself, eq. (eq-sde-pf-ode), in Scores,
+SDEs and the probability-flow ODE (Part 4). Lu et al. 2022b, "DPM-Solver++", eq. 8 and Algorithm 2.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Stochastic DPM-Solver++ of order 1 or 2: an exponential integrator for the reverse SDE.
 
-Book: DPM-Solver++ (Part 3). Lu et al. 2022b (the SDE-DPM-Solver++ of the authors' code and
+Book: DPM-Solver++ (Part 3); the reverse SDE itself, eq. (eq-sde-reverse), in Scores, SDEs and
+the probability-flow ODE (Part 4). Lu et al. 2022b (the SDE-DPM-Solver++ of the authors' code and
 of diffusers' ``algorithm_type="sde-dpmsolver++"``); Song et al. 2021 (score SDE), eq. 6.
 """
 
