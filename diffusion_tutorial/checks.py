@@ -93,6 +93,20 @@ def check_finite(name: str, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_eps_model(model: object) -> None:
+    """Raise unless ``model`` may be an eps-predictor: a package network trained for another output
+    (``config.prediction``, e.g. ``"velocity"`` from ``--objective flow``) is refused by name, not
+    sampled into garbage. Plain callables (exact denoisers, wrappers) pass: they cannot be checked.
+    """
+    config = getattr(model, "config", None)
+    prediction = getattr(config, "prediction", "eps")
+    if prediction != "eps":
+        raise ValueError(
+            f"model predicts {prediction!r}, not eps, so the eps-samplers cannot use it; sample a "
+            "velocity network with dt.flow_sample(dt.velocity_model(net, schedule), x, steps=...)"
+        )
+
+
 def check_model_output(eps_hat: object, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
     """Return the network's output ``eps_hat`` if it is a finite tensor shaped like ``x_t``, or raise.
 

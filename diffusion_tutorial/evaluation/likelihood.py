@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from diffusion_tutorial.checks import (
+    check_eps_model,
     check_float_tensor,
     check_int_in_range,
     check_model_output,
@@ -67,6 +68,7 @@ def _eps_and_divergence(
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         t_batch = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)  # (B,)
+        check_eps_model(model)  # a velocity network is refused, not misread
         eps_hat = check_model_output(model(x, t_batch), x, t)  # (B, ...)
         if not eps_hat.requires_grad:
             raise ValueError(

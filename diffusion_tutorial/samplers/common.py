@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from diffusion_tutorial.checks import (
+    check_eps_model,
     check_finite,
     check_float_tensor,
     check_model_output,
@@ -119,6 +120,7 @@ def predict(
             f"x0_hat = (x_t - sigma_t eps_hat) / sqrt(alpha_bar_t) would overflow; sample in "
             f"float64 or start at a smaller t (a custom timesteps function)"
         )
+    check_eps_model(model)  # a velocity network is refused, not misread
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.int64, device=x_t.device)  # (B,)
     eps_hat = check_model_output(model(x_t, t_batch), x_t, t).to(x_t.dtype)
     x0_hat = (x_t - sigma * eps_hat) / sqrt_alpha_bar  # (B, ...)

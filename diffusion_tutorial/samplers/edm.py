@@ -31,7 +31,12 @@ from collections.abc import Callable
 
 import torch
 
-from diffusion_tutorial.checks import check_float_in_range, check_model_output, check_positive_int
+from diffusion_tutorial.checks import (
+    check_eps_model,
+    check_float_in_range,
+    check_model_output,
+    check_positive_int,
+)
 from diffusion_tutorial.core.forward import randn_like
 from diffusion_tutorial.core.parameterization import Model
 from diffusion_tutorial.core.schedules import NoiseSchedule
@@ -96,6 +101,7 @@ def _denoise(
     x_vp = x / math.sqrt(sigma**2 + 1)  # (B, ...): the VP network's input scale, sqrt(alpha_bar) x
     t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     t_batch = torch.full((x.shape[0],), t, dtype=t_dtype, device=x.device)  # (B,)
+    check_eps_model(model)  # a velocity network is refused, not misread
     eps_hat = check_model_output(model(x_vp, t_batch), x_vp, t).to(x.dtype)
     D = x - sigma * eps_hat  # (B, ...): x0_hat
     if clip_x0:
