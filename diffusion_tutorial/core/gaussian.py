@@ -10,7 +10,8 @@ tested against exact answers. With a_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - a
   map from time s to time t is x_t = a_t mean + m_t (x_s - a_s mean) / m_s (t = 0 included).
 
 The flow is exact for the continuous ODE through the schedule's (a_t, sigma_t) points; it does not
-depend on how time is parameterised between grid points. ``GaussianData`` accepts fractional
+depend on how time is parameterised between grid points. ``GaussianData`` and
+``GaussianMixtureData`` accept fractional
 book times t (a float tensor): alpha_bar_t is then ``core.time.NoiseLevel.from_t(t, schedule)``'s,
 by interpolation in log-SNR, so the EDM samplers can be checked between grid times. Computations run in float64 and the
 result is cast to the input dtype.
@@ -187,9 +188,12 @@ class GaussianMixtureData:
         check_float_tensor("x_t", x_t)
         if x_t.ndim != 2 or x_t.shape[1] != self.dim:
             raise ValueError(f"x_t must have shape (B, {self.dim}), got {tuple(x_t.shape)}")
-        t = check_time_indices("t", t, x_t.shape[0], low, schedule.T, x_t.device).cpu()  # (B,)
+        t = check_book_times("t", t, x_t.shape[0], low, schedule.T, x_t.device).cpu()  # (B,)
         x = x_t.to(device="cpu", dtype=torch.float64)  # (B, D), differentiable (log_prob)
-        alpha_bar = schedule.alpha_bar.cpu()[t, None]  # (B, 1)
+        if t.dtype.is_floating_point:  # a fractional book time: alpha_bar by the log-SNR rule
+            alpha_bar = NoiseLevel.from_t(t, schedule).alpha_bar()[:, None]  # (B, 1)
+        else:
+            alpha_bar = schedule.alpha_bar.cpu()[t, None]  # (B, 1)
         a, sigma2 = alpha_bar.sqrt(), 1 - alpha_bar  # (B, 1)
         m2 = a**2 * self.stds**2 + sigma2  # (B, K): variance of x_t | k per coordinate
         diff = x[:, None, :] - a[:, :, None] * self.means  # (B, K, D): x_t - a_t mu_k
