@@ -35,6 +35,7 @@ from torch import nn
 from diffusion_tutorial.core.schedules import SCHEDULES
 from diffusion_tutorial.evaluation.classifier import ClassifierConfig, MNISTClassifier
 from diffusion_tutorial.files import atomic_write
+from diffusion_tutorial.networks.autoencoder import Autoencoder, AutoencoderConfig
 from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
@@ -55,6 +56,12 @@ KINDS: dict[str, ModelKind] = {
     "mlp": ModelKind("mlp_config", MLPConfig, MLPDenoiser, "pretrained.load_file"),
     "classifier": ModelKind(
         "classifier_config", ClassifierConfig, MNISTClassifier, "pretrained.load_classifier"
+    ),
+    "autoencoder": ModelKind(
+        "autoencoder_config",
+        AutoencoderConfig,
+        Autoencoder,
+        "training.autoencoder.load_autoencoder",
     ),
 }
 """The kinds of network a checkpoint can hold, by the ``"kind"`` entry of its metadata. Chapters that

@@ -298,7 +298,17 @@ def test_load_file_names_the_loader_of_a_classifier_file(tmp_path):
         pretrained.load_file(path)
 
 
-@pytest.mark.parametrize("kind", ["flow", "autoencoder", "few-step", "banana"])
+def test_an_autoencoder_file_names_its_own_loader(tmp_path):
+    from diffusion_tutorial.networks.autoencoder import Autoencoder
+    from diffusion_tutorial.training.autoencoder import load_autoencoder, save_autoencoder
+
+    path = save_autoencoder(tmp_path / "ae.safetensors", Autoencoder())
+    with pytest.raises(ValueError, match=f"{path}.*autoencoder.*load_autoencoder"):
+        pretrained.load_file(path)
+    assert isinstance(load_autoencoder(path)[0], Autoencoder)
+
+
+@pytest.mark.parametrize("kind", ["flow", "latent", "few-step", "banana"])
 def test_a_kind_this_version_cannot_build_is_refused_clearly(tmp_path, tiny_model, kind):
     meta = {
         "kind": json.dumps(kind),

@@ -17,7 +17,6 @@ Book: Latent diffusion (Part 4). Rombach et al. 2022, Sec. 3.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -28,7 +27,14 @@ import torch
 
 from diffusion_tutorial.checks import check_float_in_range, check_positive_int
 from diffusion_tutorial.data import mnist
-from diffusion_tutorial.model_files import _decode, _encode, _load_weights, _metadata, _write
+from diffusion_tutorial.model_files import (
+    _decode,
+    _encode,
+    _kind_meta,
+    _load_weights,
+    _metadata,
+    _write,
+)
 from diffusion_tutorial.networks.autoencoder import (
     Autoencoder,
     AutoencoderConfig,
@@ -90,10 +96,7 @@ def train(
 
 def save_autoencoder(path: str | os.PathLike, model: Autoencoder, **card: Any) -> Path:
     """Write ``model`` as safetensors with ``"kind": "autoencoder"``, its config and the model card."""
-    meta = {
-        "kind": json.dumps("autoencoder"),
-        "autoencoder_config": json.dumps(dataclasses.asdict(model.config)),
-    }
+    meta = _kind_meta("autoencoder", model)  # kind and config, checked like every other kind
     meta.update(_encode(card))
     return _write(path, model, meta)
 
