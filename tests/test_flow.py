@@ -187,6 +187,30 @@ def test_wrappers_and_sampler_refuse_the_wrong_kind_of_network():
     assert u.shape == x.shape and torch.isfinite(u).all()
 
 
+def test_sampler_reads_the_pair_pretrained_load_returns_by_its_prediction():
+    """flow_sample((net, schedule)) wraps by net.config.prediction: an eps pair through
+    velocity_from_eps_model, a velocity pair through velocity_model (swapping the two wrappers
+    would change the samples, so both comparisons are exact)."""
+    torch.manual_seed(0)
+    eps_net = dt.UNet(PRESETS["tiny"]).eval()
+    flow_net = dt.UNet(
+        dt.UNetConfig(
+            base_channels=16, channel_mults=(1, 2), num_res_blocks=1, prediction="velocity"
+        )
+    ).eval()
+    for p in flow_net.parameters():  # the zero-initialised output would make every wrap agree
+        p.data.normal_(0, 0.05)
+    x = torch.randn(2, 1, 28, 28)
+    kw = {"steps": 3, "progress": False}
+    pair = flow_sample((eps_net, SCHEDULE), x, **kw)
+    assert torch.equal(pair, flow_sample(velocity_from_eps_model(eps_net, SCHEDULE), x, **kw))
+    pair = flow_sample((flow_net, SCHEDULE), x, method="heun", **kw)
+    want = flow_sample(velocity_model(flow_net, SCHEDULE), x, method="heun", **kw)
+    assert torch.equal(pair, want)
+    with pytest.raises(TypeError, match="as pretrained.load returns"):
+        flow_sample((lambda x, t: x, SCHEDULE), x, **kw)
+
+
 # --- The flow sampler ---------------------------------------------------------------------------
 
 

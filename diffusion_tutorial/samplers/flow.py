@@ -5,7 +5,9 @@ times with noise at 0 (Lipman et al. 2023, Liu et al. 2023; SD3 and minRF run 1 
 A package network is wrapped first, so that the sampler never guesses how it reads time:
 ``core.flow_matching.velocity_model(net, schedule)`` for a network trained with the flow objective,
 ``core.flow_matching.velocity_from_eps_model(model, schedule)`` for an eps-model (passing a bare network
-is refused). Both feed the network the book time of the same noise level (not s T) and read
+is refused). The pair ``(net, schedule)`` that ``pretrained.load`` returns is wrapped the same
+way, by what ``net.config.prediction`` says it predicts, so
+``flow_sample(pretrained.load("mnist-flow"), x, steps=20)`` works. Both feed the network the book time of the same noise level (not s T) and read
 flow times outside the schedule's range [s_min, s_max] ~ [0.0064, 0.990] at the nearest end.
 
 Ends: the grid runs from s_0 (default 0: ``x_noise`` is pure noise) to 1, and u is never
@@ -32,6 +34,7 @@ from torch import nn
 
 from diffusion_tutorial.checks import check_finite, check_float_tensor, check_positive_int
 from diffusion_tutorial.core.flow import VelocityModel, x0_from_u
+from diffusion_tutorial.core.flow_matching import velocity_from_eps_model, velocity_model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.core.time import NoiseLevel
 from diffusion_tutorial.samplers.common import Callback, TimestepFn, progress_bar, resolve_timesteps
@@ -98,6 +101,26 @@ def _velocity(model: VelocityModel, x: torch.Tensor, flow_t: float) -> torch.Ten
     return u.to(x.dtype)
 
 
+def _as_velocity_field(model: object) -> object:
+    """A (network, schedule) pair as ``pretrained.load`` returns it, wrapped by its
+    ``config.prediction``; anything else unchanged (checked by :func:`_check_model`)."""
+    if not (isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], NoiseSchedule)):
+        return model
+    net, schedule = model
+    pred = getattr(getattr(net, "config", None), "prediction", None)
+    if not isinstance(net, nn.Module) or pred not in ("eps", "velocity"):
+        raise TypeError(
+            "model as a pair must be (network, schedule) with network.config.prediction 'eps' "
+            f"or 'velocity', as pretrained.load returns; got ({type(net).__name__}, schedule) "
+            f"with prediction {pred!r}"
+        )
+    return (
+        velocity_model(net, schedule)
+        if pred == "velocity"
+        else velocity_from_eps_model(net, schedule)
+    )
+
+
 def _check_model(model: object) -> None:
     if isinstance(model, nn.Module) and hasattr(getattr(model, "config", None), "prediction"):
         pred = model.config.prediction
@@ -117,7 +140,7 @@ def _check_model(model: object) -> None:
 
 @torch.no_grad()
 def flow_sample(
-    model: VelocityModel,
+    model: VelocityModel | tuple[nn.Module, NoiseSchedule],
     x_noise: torch.Tensor,
     *,
     steps: int,
@@ -136,8 +159,10 @@ def flow_sample(
     ``callback(i, s, x, x0_hat)`` runs once per model call i with the flow time, the state and
     x0_hat = x + (1 - s) u. ``model`` must be a velocity field (a bare network is refused with
     the wrapper to use); see the module docstring for how the ends are handled.
+    ``model`` may also be the (network, schedule) pair of ``pretrained.load``.
     Book: Flow matching (Part 4). Lipman et al. 2023, sec. 4; Karras et al. 2022, Algorithm 1.
     """
+    model = _as_velocity_field(model)
     _check_model(model)
     check_finite("x_noise", check_float_tensor("x_noise", x_noise))
     if x_noise.ndim < 1:
