@@ -15,7 +15,8 @@ noise stream of the stochastic samplers (seed + 10,000). Each line holds:
 * ``seconds``: wall time of sampling, with ``threads`` torch threads.
 
 Sampler strings as in ``bench/quality.py`` (``ddpm``, ``ddim:STEPS:ETA``, ``hat:STEPS``,
-``dpm:STEPS[:ORDER]``, ``sde:STEPS``, ``heun:STEPS`` and ``euler:STEPS`` for EDM's samplers). Runs already in ``--out`` are skipped, so the command can
+``dpm:STEPS[:ORDER]``, ``sde:STEPS``, ``heun:STEPS`` and ``euler:STEPS`` for EDM's samplers,
+``flow-euler:STEPS`` and ``flow-heun:STEPS`` for the flow-matching model ``mnist-flow``). Runs already in ``--out`` are skipped, so the command can
 be stopped and restarted, and draws can run in parallel processes (one seed each).
 ``--keep K`` stores the first K samples of every run of the draw as uint8 in
 ``<out stem>_samples_seed<seed>.npz`` (key: the sampler string).
@@ -36,6 +37,15 @@ draws at 19-20 NFE, three elsewhere; ~60-115 s per 20-NFE sampler and draw on a 
     for s in 0 1 2; do run $s ddim:10:0,dpm:10,sde:10,heun:5,ddim:5:0,dpm:5; done
     for s in 0 1 2; do run $s ddim:1:0,ddim:2:0,ddim:4:0,dpm:1,dpm:2,dpm:4,heun:3; done
 
+The flow-matching chapter's equal-NFE comparison, ``diffusion_tutorial/results/flow_mnist_n1000.jsonl``
+(``flow-euler:STEPS`` / ``flow-heun:STEPS`` sample the shipped ``mnist-flow``, rows marked
+``"model": "mnist-flow"``; the same three draws as above, so the floors agree seed by seed):
+
+    F=diffusion_tutorial/results/flow_mnist_n1000.jsonl
+    for s in 0 1 2; do OMP_NUM_THREADS=1 .venv/bin/python bench/mnist_sweep.py --seed $s \
+        --n 1000 --batch 250 --threads 1 --out $F --samplers \
+        flow-euler:5,flow-heun:3,flow-euler:10,flow-heun:5,flow-euler:20,flow-heun:10,flow-euler:50,flow-heun:25,ddim:50:0,dpm:50; done
+
 Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table diffusion_tutorial/results/mnist_sweep.jsonl``.
 """
 
@@ -51,11 +61,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import ROOT, SamplerSpec, generate, load_model  # noqa: E402
+from quality import FLOW_KINDS, ROOT, SamplerSpec, generate, load_model  # noqa: E402
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from diffusion_tutorial import pretrained  # noqa: E402
+from diffusion_tutorial.core.flow_matching import velocity_model  # noqa: E402
 from diffusion_tutorial.evaluation import metrics  # noqa: E402
 from diffusion_tutorial.evaluation.classifier import classifier_features  # noqa: E402
 from diffusion_tutorial.files import atomic_write  # noqa: E402
@@ -130,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--out", type=Path, default=ROOT / "diffusion_tutorial/results/mnist_sweep.jsonl"
     )
+    p.add_argument(
+        "--flow-weights", type=Path, default=None,
+        help="flow-euler/flow-heun: this .safetensors (no hash check) instead of mnist-flow",
+    )  # fmt: skip
     p.add_argument("--table", type=Path, default=None, help="print the tables of a file and exit")
     args = p.parse_args(argv)
     if args.table is not None:
@@ -153,18 +168,29 @@ def main(argv: list[str] | None = None) -> None:
     log(f"seed {args.seed}: floor FID {floor_fid:.2f}, KID {floor_kid:.5f}")
 
     (model, schedule), _ = load_model("mnist", None, torch.device("cpu"))
+    flow = None  # the velocity field of mnist-flow, loaded when a flow sampler asks for it
     x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(args.seed))
     keep_path = args.out.with_name(f"{args.out.stem}_samples_seed{args.seed}.npz")
     for name, spec in specs:
         done = {(r["seed"], r["sampler"], r["n"]) for r in load(args.out)}
         if (args.seed, name, args.n) in done:
             continue
+        model_name, model_fn = "mnist", model
+        if spec.kind in FLOW_KINDS:
+            if flow is None:
+                net, flow_schedule = (
+                    pretrained.load("mnist-flow")
+                    if args.flow_weights is None
+                    else pretrained.load_file(args.flow_weights)
+                )
+                flow = velocity_model(net, flow_schedule)
+            model_name, model_fn = "mnist-flow", flow
         images, _, seconds = generate(
-            model, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False
+            model_fn, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False
         )
         feats = classifier_features(classifier, images)
         row = {
-            "model": "mnist", "n": args.n, "seed": args.seed, "sampler": name,
+            "model": model_name, "n": args.n, "seed": args.seed, "sampler": name,
             "label": spec.label(schedule), "nfe": spec.nfe(schedule),
             "fid": metrics.frechet_distance(feats, ref), "kid": metrics.kernel_distance(feats, ref),
             "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,

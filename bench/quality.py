@@ -59,6 +59,7 @@ from diffusion_tutorial.samplers import (  # noqa: E402
     dpm_solver_sample,
     dpm_solver_sde_sample,
     euler_sample,
+    flow_sample,
     heun_sample,
     leading_timesteps,
     logsnr_timesteps,
@@ -67,6 +68,7 @@ from diffusion_tutorial.samplers import (  # noqa: E402
 )
 from diffusion_tutorial.samplers.common import ddim_step, predict, resolve_timesteps  # noqa: E402
 
+FLOW_KINDS = ("flow-euler", "flow-heun")
 GRIDS = {
     "leading": leading_timesteps,
     "uniform": uniform_timesteps,
@@ -80,7 +82,9 @@ DEFAULT_SAMPLERS = "ddpm,ddim:20:0,ddim:50:0,ddim:50:1,dpm:10,dpm:20,dpm:20:3,sd
 class SamplerSpec:
     """One sampler setting: kind, NFE, DDIM's eta, DPM-Solver++'s order and a grid from GRIDS."""
 
-    kind: str  # "ddpm", "ddim", "hat" (DDPM's sigma-hat on a subsequence), "dpm", "sde", "heun"/"euler" (EDM)
+    # "ddpm", "ddim", "hat" (DDPM's sigma-hat on a subsequence), "dpm", "sde", "heun"/"euler"
+    # (EDM), "flow-euler"/"flow-heun" (flow_sample on a velocity field, uniform flow-time grid)
+    kind: str
     steps: int | None  # None: DDPM with all T steps
     eta: float = 0.0
     order: int | None = None  # None: the sampler's default
@@ -100,21 +104,22 @@ class SamplerSpec:
                 return SamplerSpec("dpm", int(rest[0]), order=order, grid=grid)
             if kind in ("sde", "hat") and len(rest) == 1:
                 return SamplerSpec(kind, int(rest[0]), grid=grid)
-            if kind in ("heun", "euler") and len(rest) == 1 and grid is None:
+            if kind in ("heun", "euler", *FLOW_KINDS) and len(rest) == 1 and grid is None:
                 return SamplerSpec(kind, int(rest[0]))
         except ValueError:
             pass
         raise argparse.ArgumentTypeError(
             f"bad sampler {text!r}: use ddpm, ddim:STEPS:ETA[:GRID], hat:STEPS[:GRID], "
             f"dpm:STEPS[:ORDER][:GRID], sde:STEPS[:GRID] with GRID in {sorted(GRIDS)}, or "
-            "heun:STEPS / euler:STEPS (EDM, Karras sigmas with rho = 7)"
+            "heun:STEPS / euler:STEPS (EDM, Karras sigmas with rho = 7), or flow-euler:STEPS / "
+            "flow-heun:STEPS (a flow-matching velocity field, uniform flow-time grid)"
         )
 
     def nfe(self, schedule) -> int:
         """Network evaluations per sample: T for DDPM, 2 steps - 1 for EDM Heun, else steps."""
         if self.steps is None:
             return schedule.T
-        return 2 * self.steps - 1 if self.kind == "heun" else self.steps
+        return 2 * self.steps - 1 if self.kind in ("heun", "flow-heun") else self.steps
 
     def label(self, schedule) -> str:
         grid = f", {self.grid} grid" if self.grid else ""
@@ -128,6 +133,8 @@ class SamplerSpec:
             return f"DDPM σ̂ {self.steps}{grid}"
         if self.kind in ("heun", "euler"):
             return f"EDM {self.kind.capitalize()} {self.steps} steps, Karras ρ=7 grid"
+        if self.kind in FLOW_KINDS:
+            return f"flow {self.kind[5:].capitalize()} {self.steps} steps, uniform flow time"
         return f"DPM-Solver++({self.order or 2}M) {self.steps}{grid}"
 
     def run(self, model_fn, schedule, x_T: torch.Tensor, generator: torch.Generator):
@@ -151,6 +158,9 @@ class SamplerSpec:
             return heun_sample(model_fn, schedule, x_T, steps=self.steps, progress=False)
         if self.kind == "euler":
             return euler_sample(model_fn, schedule, x_T, steps=self.steps, progress=False)
+        if self.kind in FLOW_KINDS:  # model_fn: a velocity field u(x, flow_t); schedule unused
+            method = self.kind[5:]
+            return flow_sample(model_fn, x_T, steps=self.steps, method=method, progress=False)
         if self.order is not None:
             kw["order"] = self.order
         return dpm_solver_sample(model_fn, schedule, x_T, steps=self.steps, progress=False, **kw)
