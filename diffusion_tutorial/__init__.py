@@ -7,7 +7,8 @@ importing only from the ones above it in this list:
 - ``background/``: Part 1 (Monte Carlo, Gaussians, KL, ELBO, a VAE);
 - ``core/``: Part 2's maths (schedules, forward process, parameterisations, losses);
 - ``samplers/``: DDPM, DDIM, DPM-Solver++, the flow sampler and the time grids they step on;
-- ``networks/``: the U-Net, the MLP and the classifier-free-guidance wrapper;
+- ``networks/``: the U-Net, the MLP, the classifier-free-guidance wrapper and the autoencoder
+  of latent diffusion;
 - ``data``, ``plotting``: MNIST and 2-D toy data; figures and animations (matplotlib);
 - ``evaluation/``, ``pretrained``, ``training/``: the MNIST classifier and metrics, the shipped
   checkpoints, and the training loop with its command line (``python -m diffusion_tutorial.train``).
@@ -45,6 +46,7 @@ from diffusion_tutorial.core.sde import VPSDE
 from diffusion_tutorial.core.time import NoiseLevel
 from diffusion_tutorial.data import data_root, mnist, toy_data
 from diffusion_tutorial.networks.guidance import classifier_free_guidance
+from diffusion_tutorial.networks.latent import decode_latent, encode_latent
 from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 from diffusion_tutorial.runtime import default_device, fast_or_full, is_fast
@@ -96,6 +98,8 @@ __all__ = [
     "q_posterior",
     "GaussianData",
     "classifier_free_guidance",
+    "encode_latent",
+    "decode_latent",
     "simple_loss",
     "vlb_terms",
     "x0_from_eps",

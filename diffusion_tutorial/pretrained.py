@@ -34,6 +34,7 @@ from diffusion_tutorial.model_files import (  # the file format, re-exported
     save,
     save_classifier,
 )
+from diffusion_tutorial.networks.autoencoder import Autoencoder
 
 __all__ = [
     "REGISTRY",
@@ -82,6 +83,15 @@ REGISTRY: dict[str, WeightsEntry] = {
         retrain="python -m diffusion_tutorial.train --dataset mnist --model mnist --conditional "
         "--p-uncond 0.1 --batch-size 512 --lr 4e-4 --warmup-steps 500 --ema-decay 0.999 "
         "--time-limit-min 4 --seed 0 --export mnist-cond.safetensors (see the model card)",
+    ),
+    # Not a denoiser: load("mnist-autoencoder") returns the Autoencoder alone (no schedule).
+    "mnist-autoencoder": WeightsEntry(
+        filename="mnist-autoencoder.safetensors",
+        sha256="d9dca866861a2b1a0a8512a24500c192595eef27310665d3de585de724f3af47",
+        retrain="python -m diffusion_tutorial.training.autoencoder --steps 2176 --batch-size 128 "
+        "--lr 0.001 --kl-weight 0.0001 --base-channels 32 --seed 0, then set its "
+        "config.scaling_factor to networks.latent.measure_scaling_factor(model, "
+        "dt.mnist(train=True).images) and save it again (see the model card)",
     ),
 }
 CLASSIFIER = WeightsEntry(
@@ -199,18 +209,26 @@ def verified_path(name: str) -> Path:
     return path
 
 
-def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """Load a shipped checkpoint, ``"mnist"`` or ``"mnist-cond"`` -> ``(model, schedule)``.
+def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any] | Autoencoder:
+    """Load a shipped checkpoint: a denoiser such as ``"mnist"`` -> ``(model, schedule)``;
+    ``"mnist-autoencoder"`` -> the :class:`~diffusion_tutorial.networks.autoencoder.Autoencoder`
+    alone (no schedule: it is not a denoiser; its config carries the latent ``scaling_factor``).
 
     The file's SHA-256 is checked against :data:`REGISTRY` before anything is read; the model is
     returned in eval mode on ``device`` (a device, not a dtype), the schedule ready for the samplers.
 
-    Book: Pretrained models.
+    Book: Pretrained models; Latent diffusion (Part 4).
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(REGISTRY)}")
     device = _check_device(device)
-    return load_file(verified_path(name), device=device)
+    path = verified_path(name)
+    meta = card_file(path)
+    if _file_kind(path, meta) == "autoencoder":
+        autoencoder = _build_model(path, "autoencoder", meta)
+        _load_weights(path, autoencoder)
+        return autoencoder.to(device).eval()
+    return load_file(path, device=device)
 
 
 def card(name: str) -> dict[str, Any]:

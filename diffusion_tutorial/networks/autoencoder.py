@@ -47,6 +47,12 @@ class AutoencoderConfig:
 
     Widths are ``base_channels`` at 28x28 and ``2 * base_channels`` at 14x14 and 7x7;
     ``latent_channels`` is the latent's C; ``kl_weight`` is beta in rec + beta * KL (0: deterministic).
+    ``scaling_factor`` is the number a latent diffusion model multiplies the encoder means by,
+    z = scaling_factor * mean (Stable Diffusion's 0.18215, diffusers' ``AutoencoderKL`` config
+    entry of the same name): 1 / std of the means over the training images, measured after
+    training by ``networks.latent.measure_scaling_factor`` and stored with the weights. None:
+    not measured (an untrained network, or a file written before the field existed);
+    ``networks.latent.encode_latent`` refuses such an autoencoder unless given a factor.
     """
 
     in_channels: int = 1
@@ -55,11 +61,14 @@ class AutoencoderConfig:
     latent_channels: int = 4
     groups: int = 8
     kl_weight: float = 1e-4
+    scaling_factor: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "image_size", "base_channels", "latent_channels", "groups"):
             check_positive_int(name, getattr(self, name))
         check_float_in_range("kl_weight", self.kl_weight, 0.0, None)
+        if self.scaling_factor is not None:  # finite and > 0, or a clear error
+            check_float_in_range("scaling_factor", self.scaling_factor, 0.0, None, low_open=True)
         if self.image_size % 4 != 0:
             raise ValueError(
                 f"image_size must be divisible by 4 (two stride-2 downsamplings), got {self.image_size}"

@@ -8,8 +8,9 @@ seeded generator for batches and the reparameterisation noise.
 
 The file is written with :mod:`diffusion_tutorial.model_files`' writer (``"kind": "autoencoder"``,
 the config as JSON under ``"autoencoder_config"``, the model card as JSON entries) and read back by
-:func:`load_autoencoder`. ``KINDS`` does not list the autoencoder yet, so ``pretrained.load_file``
-refuses it; the latent diffusion chapter registers it when it ships the weights.
+:func:`load_autoencoder`; ``pretrained.load_file`` (denoisers only) refuses it by naming that
+function. The shipped file, ``pretrained.load("mnist-autoencoder")``, is this run's output with
+``config.scaling_factor`` measured afterwards (``networks.latent.measure_scaling_factor``).
 
 Book: Latent diffusion (Part 4). Rombach et al. 2022, Sec. 3.
 """
