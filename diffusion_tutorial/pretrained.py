@@ -84,6 +84,14 @@ REGISTRY: dict[str, WeightsEntry] = {
         "--p-uncond 0.1 --batch-size 512 --lr 4e-4 --warmup-steps 500 --ema-decay 0.999 "
         "--time-limit-min 4 --seed 0 --export mnist-cond.safetensors (see the model card)",
     ),
+    "mnist-flow": WeightsEntry(
+        filename="mnist-flow.safetensors",
+        sha256="813d1eebcb4eae5b8f00b7bb5761344aa461fe48686e214d8c3157486bce3383",
+        retrain="python -m diffusion_tutorial.train --dataset mnist --model mnist --init mnist "
+        "--objective flow --steps 7000 --batch-size 64 --lr 4e-4 --warmup-steps 100 "
+        "--lr-decay cosine --ema-decay 0.999 --seed 0 --export mnist-flow.safetensors "
+        "(flow matching, fine-tuned from mnist's weights; see the model card)",
+    ),
     # Not a denoiser: load("mnist-autoencoder") returns the Autoencoder alone (no schedule).
     "mnist-autoencoder": WeightsEntry(
         filename="mnist-autoencoder.safetensors",
