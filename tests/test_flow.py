@@ -240,6 +240,24 @@ def test_euler_on_the_eps_models_velocity_is_ddim(dtype):
     torch.testing.assert_close(out, ddim, rtol=0, atol=tol)
 
 
+def test_clip_x0_is_ddims_clip_x0_and_keeps_images_in_range():
+    """clip_x0 clips x0_hat = x + (1 - s) u and steps with the u it implies: on DDIM's grid, Euler
+    with clip_x0 = ddim_sample(clip_x0=True) (float64; clipping u itself, or x instead of x0_hat,
+    breaks it), and the last Euler step returns x0_hat, so the images lie in [-1, 1]."""
+    model, schedule = dt.pretrained.load("mnist")
+    model = model.double()
+    x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ddim = dt.ddim_sample(model, schedule, x_T, steps=3, clip_x0=True, progress=False)
+    flow_ts = flow_timesteps(schedule, 3)
+    field = velocity_from_eps_model(model, schedule)
+    kw = {"steps": 3, "timesteps": flow_ts, "progress": False}
+    out = flow_sample(field, x_T / fl.vp_scale(flow_ts[0]), clip_x0=True, **kw)
+    torch.testing.assert_close(out, ddim, rtol=0, atol=1e-11)
+    assert out.abs().max() <= 1
+    plain = flow_sample(field, x_T / fl.vp_scale(flow_ts[0]), **kw)
+    assert plain.abs().max() > 1  # without clipping this draw leaves [-1, 1]: the test can see it
+
+
 def _endpoint_error(method: str, steps: int) -> float:
     x = torch.randn(512, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     exact = M + S * x  # the flow keeps (x - s m) / sqrt(s^2 s^2 + (1 - s)^2) constant

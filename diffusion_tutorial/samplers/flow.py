@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from diffusion_tutorial.checks import check_finite, check_float_tensor, check_positive_int
-from diffusion_tutorial.core.flow import VelocityModel, x0_from_u
+from diffusion_tutorial.core.flow import VelocityModel, u_from_x0, x0_from_u
 from diffusion_tutorial.core.flow_matching import velocity_from_eps_model, velocity_model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.core.time import NoiseLevel
@@ -89,8 +89,13 @@ def _grid(steps: int, timesteps: torch.Tensor | Sequence[float] | None) -> list[
     return flow_ts
 
 
-def _velocity(model: VelocityModel, x: torch.Tensor, flow_t: float) -> torch.Tensor:
-    """u = model(x, s) with s as float64 (B,), checked: a finite tensor shaped like x."""
+def _velocity(
+    model: VelocityModel, x: torch.Tensor, flow_t: float, clip_x0: bool = False
+) -> torch.Tensor:
+    """u = model(x, s) with s as float64 (B,), checked: a finite tensor shaped like x.
+
+    With ``clip_x0`` the implied x0_hat = x + (1 - s) u is clipped to [-1, 1] and u recomputed
+    from it (the flow form of the eps-samplers' ``clip_x0``)."""
     flow_t_batch = torch.full((x.shape[0],), flow_t, dtype=torch.float64, device=x.device)  # (B,)
     u = model(x, flow_t_batch)
     if not isinstance(u, torch.Tensor) or u.shape != x.shape:
@@ -98,7 +103,10 @@ def _velocity(model: VelocityModel, x: torch.Tensor, flow_t: float) -> torch.Ten
         raise ValueError(f"model(x, flow_t) must return u shaped {tuple(x.shape)}, got {got}")
     if not torch.isfinite(u).all():
         raise ValueError(f"the model output u contains NaN or inf at flow_t = {flow_t:.6g}")
-    return u.to(x.dtype)
+    u = u.to(x.dtype)
+    if clip_x0:
+        u = u_from_x0(x, x0_from_u(x, u, flow_t).clamp(-1.0, 1.0), flow_t)
+    return u
 
 
 def _as_velocity_field(model: object) -> object:
@@ -146,6 +154,7 @@ def flow_sample(
     steps: int,
     method: str = "euler",
     timesteps: torch.Tensor | Sequence[float] | None = None,
+    clip_x0: bool = False,
     callback: Callback | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
@@ -159,7 +168,9 @@ def flow_sample(
     ``callback(i, s, x, x0_hat)`` runs once per model call i with the flow time, the state and
     x0_hat = x + (1 - s) u. ``model`` must be a velocity field (a bare network is refused with
     the wrapper to use); see the module docstring for how the ends are handled.
-    ``model`` may also be the (network, schedule) pair of ``pretrained.load``.
+    ``model`` may also be the (network, schedule) pair of ``pretrained.load``. ``clip_x0``:
+    clip each x0_hat to [-1, 1] and step with the velocity it implies, as the eps-samplers'
+    option does; Euler's last step then returns images exactly in [-1, 1].
     Book: Flow matching (Part 4). Lipman et al. 2023, sec. 4; Karras et al. 2022, Algorithm 1.
     """
     model = _as_velocity_field(model)
@@ -176,14 +187,14 @@ def flow_sample(
         flow_t, flow_t_next = flow_ts[i], flow_ts[i + 1]
         h = flow_t_next - flow_t
         # Step 1: the velocity at (x, s) and Euler's step.
-        u = _velocity(model, x, flow_t)
+        u = _velocity(model, x, flow_t, clip_x0)
         if callback is not None:
             callback(calls, flow_t, x, x0_from_u(x, u, flow_t))
         calls += 1
         x_next = x + h * u  # (B, ...)
         # Step 2 (Heun): the trapezoidal correction with u at the Euler point, except into s = 1.
         if method == "heun" and flow_t_next < 1:
-            u_next = _velocity(model, x_next, flow_t_next)
+            u_next = _velocity(model, x_next, flow_t_next, clip_x0)
             if callback is not None:
                 callback(calls, flow_t_next, x_next, x0_from_u(x_next, u_next, flow_t_next))
             calls += 1
