@@ -59,7 +59,7 @@ def encode_latent(
 def decode_latent(
     autoencoder: Autoencoder, z: torch.Tensor, *, scaling_factor: float | None = None
 ) -> torch.Tensor:
-    """x_hat = decode(z / scaling_factor), images in (-1, 1): (B, 4, 7, 7) -> (B, 1, 28, 28).
+    """x_hat = decode(z / scaling_factor), images in [-1, 1]: (B, 4, 7, 7) -> (B, 1, 28, 28).
 
     The inverse of :func:`encode_latent`'s scaling, with the same ``scaling_factor`` (None: the
     autoencoder's own); decoding a latent sample without dividing by it is the classic bug of
@@ -67,7 +67,7 @@ def decode_latent(
     """
     factor = _factor(autoencoder, scaling_factor)
     with torch.no_grad():
-        return autoencoder.decode(z / factor)  # (B, 1, H, W), tanh: in (-1, 1)
+        return autoencoder.decode(z / factor)  # (B, 1, H, W), tanh: in [-1, 1] in float32
 
 
 @torch.no_grad()

@@ -15,12 +15,19 @@ import torch
 
 from diffusion_tutorial import data, pretrained
 from diffusion_tutorial.core.schedules import NoiseSchedule
+from diffusion_tutorial.networks.autoencoder import Autoencoder
+from diffusion_tutorial.networks.latent import encode_latent
 from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
 from diffusion_tutorial.networks.unet import PRESETS, UNet
-from diffusion_tutorial.training.config import ConfigError, TrainConfig
+from diffusion_tutorial.training.config import LATENT_DATASET, ConfigError, TrainConfig
 
 __all__ = [
     "load_dataset",
+    "mnist_train",
+    "mnist_latent_train",
+    "latent_autoencoder",
+    "latent_scale",
+    "latent_card",
     "build_model",
     "load_init",
     "init_provenance",
@@ -36,6 +43,8 @@ def load_dataset(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return (x (N, ...) float32, labels (N,) int64 or None) for ``cfg.dataset``, all in memory."""
     if cfg.dataset == "mnist":
         return mnist_train()  # (N, 1, 28, 28), (N,)
+    if cfg.dataset == LATENT_DATASET:
+        return mnist_latent_train(latent_scale(cfg))  # (N, 4, 7, 7), (N,)
     g = torch.Generator().manual_seed(cfg.seed)
     return data.toy_data(cfg.dataset, cfg.toy_size, generator=g), None  # (N, 2)
 
@@ -47,6 +56,58 @@ def mnist_train() -> tuple[torch.Tensor, torch.Tensor]:
     return ds.images, ds.labels.long()
 
 
+AUTOENCODER = "mnist-autoencoder"
+"""The shipped autoencoder whose latents ``--dataset mnist-latent`` trains on."""
+
+
+@functools.lru_cache(maxsize=1)
+def latent_autoencoder() -> Autoencoder:
+    """The shipped ``mnist-autoencoder`` (SHA-256 checked, eval mode, CPU), loaded once per process."""
+    return pretrained.load(AUTOENCODER)
+
+
+def latent_scale(cfg: TrainConfig) -> float:
+    """The scaling factor of a latent run: ``--latent-scale``, else the autoencoder's own."""
+    if cfg.latent_scale is not None:
+        return cfg.latent_scale
+    return latent_autoencoder().config.scaling_factor
+
+
+@functools.lru_cache(maxsize=2)
+def mnist_latent_train(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = scale * encoder mean of the 60,000 MNIST training digits (N, 4, 7, 7) and their labels.
+
+    Encoded once per process and scale (about 1.5 minutes on one CPU thread), in batches of
+    1,000 with ``networks.latent.encode_latent``; deterministic (the mean, no sampling).
+    """
+    images, labels = mnist_train()  # (N, 1, 28, 28) in [-1, 1], (N,)
+    autoencoder = latent_autoencoder()
+    z = [encode_latent(autoencoder, b, scaling_factor=scale) for b in images.split(1000)]
+    return torch.cat(z), labels  # (N, 4, 7, 7), (N,)
+
+
+def latent_card(cfg: TrainConfig) -> dict[str, Any]:
+    """What an exported latent model's card records: its data, autoencoder and scaling factor.
+
+    Empty for other datasets. A latent model is meaningful only with the exact autoencoder (by
+    SHA-256) and factor it was trained with: sample z, then decode_latent(autoencoder, z,
+    scaling_factor=<this factor>).
+    """
+    if cfg.dataset != LATENT_DATASET:
+        return {}
+    autoencoder = latent_autoencoder()
+    return {
+        "dataset": cfg.dataset,
+        "latent": {
+            "autoencoder": AUTOENCODER,
+            "autoencoder_sha256": pretrained.REGISTRY[AUTOENCODER].sha256,
+            "scaling_factor": latent_scale(cfg),
+            "autoencoder_scaling_factor": autoencoder.config.scaling_factor,
+            "latent_shape": list(autoencoder.config.latent_shape),
+        },
+    }
+
+
 def build_model(cfg: TrainConfig, x: torch.Tensor) -> torch.nn.Module:
     """The network for ``cfg``: a U-Net preset sized to the images, or an MLP for vectors.
 
@@ -55,7 +116,8 @@ def build_model(cfg: TrainConfig, x: torch.Tensor) -> torch.nn.Module:
     """
     num_classes = 10 if cfg.conditional else None
     prediction = PREDICTION_OF[cfg.objective]
-    name = cfg.model or ("mnist" if x.ndim == 4 else "mlp")
+    default = "latent" if cfg.dataset == LATENT_DATASET else "mnist"
+    name = cfg.model or (default if x.ndim == 4 else "mlp")
     if name == "mlp":
         return MLPDenoiser(
             MLPConfig(dim=x.shape[1], num_classes=num_classes, T=cfg.T, prediction=prediction)
@@ -81,9 +143,8 @@ def load_init(model: torch.nn.Module, cfg: TrainConfig, schedule: NoiseSchedule)
     """
     init = cfg.init
     try:
-        src, src_schedule = (
-            pretrained.load(init) if init in pretrained.REGISTRY else pretrained.load_file(init)
-        )
+        path = pretrained.verified_path(init) if init in pretrained.REGISTRY else init
+        src, src_schedule = pretrained.load_file(path)  # refuses a non-denoiser (the autoencoder)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(
             f"--init must be one of {sorted(pretrained.REGISTRY)} or a .safetensors file written "

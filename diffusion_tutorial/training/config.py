@@ -21,11 +21,22 @@ from diffusion_tutorial.core.schedules import SCHEDULES
 from diffusion_tutorial.data import TOY_DATASETS
 from diffusion_tutorial.networks.unet import PRESETS
 
-__all__ = ["TrainConfig", "ConfigError", "LR_DECAYS", "PRECISIONS", "DATASETS", "OBJECTIVES"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "LR_DECAYS",
+    "PRECISIONS",
+    "DATASETS",
+    "IMAGE_DATASETS",
+    "LATENT_DATASET",
+    "OBJECTIVES",
+]
 
 LR_DECAYS = ("none", "cosine")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DATASETS = ("mnist", *TOY_DATASETS)
+LATENT_DATASET = "mnist-latent"
+IMAGE_DATASETS = ("mnist", LATENT_DATASET)  # 4-D data for U-Nets; the others are 2-D toy sets
+DATASETS = (*IMAGE_DATASETS, *TOY_DATASETS)
 MODELS = (*PRESETS, "mlp")
 OBJECTIVES = ("eps", "flow")
 
@@ -62,14 +73,16 @@ class TrainConfig:
 
     dataset: str = option(
         "mnist",
-        "training data (MNIST is read from $DIFFUSION_TUTORIAL_DATA)",
+        "training data (MNIST is read from $DIFFUSION_TUTORIAL_DATA); mnist-latent: the 4x7x7 "
+        "latents z = scale * encoder mean of the MNIST training digits under the shipped "
+        "'mnist-autoencoder' (latent diffusion; encoded once per process)",
         choices=DATASETS,
         same_on_resume=True,
     )
     model: str | None = option(
         None,
         "network: a U-Net preset for images or 'mlp' for 2-D data (unset: 'mnist' for images, "
-        "'mlp' for toy sets)",
+        "'latent' for mnist-latent, 'mlp' for toy sets)",
         choices=MODELS,
         same_on_resume=True,
     )
@@ -114,7 +127,19 @@ class TrainConfig:
         same_on_resume=True,
     )
     conditional: bool = option(
-        False, "class-conditional model with a learned null class (MNIST only)", same_on_resume=True
+        False,
+        "class-conditional model with a learned null class (mnist and mnist-latent only)",
+        same_on_resume=True,
+    )
+    latent_scale: float | None = option(
+        None,
+        "mnist-latent only: the scaling factor z = scale * encoder mean ('none': the "
+        "autoencoder's own, 1 / std of its training latents); another value trains at "
+        "another scale, recorded in the exported model card",
+        low=0.0,
+        low_open=True,
+        none_ok=True,
+        same_on_resume=True,
     )
     p_uncond: float = option(
         0.1,
@@ -186,7 +211,7 @@ class TrainConfig:
         """Raise :class:`ConfigError` naming the option and its allowed values for a bad field."""
         for field in dataclasses.fields(self):
             _check_field(field, getattr(self, field.name))
-        toy = self.dataset != "mnist"
+        toy = self.dataset not in IMAGE_DATASETS
         if toy and self.model not in (None, "mlp"):
             raise ConfigError(
                 f"--model {self.model} is a U-Net for images; the 2-D toy set {self.dataset!r} "
@@ -197,7 +222,19 @@ class TrainConfig:
                 f"--model mlp is for 2-D toy data; images need a U-Net: one of {sorted(PRESETS)}"
             )
         if toy and self.conditional:
-            raise ConfigError("--conditional needs labels: use --dataset mnist")
+            raise ConfigError("--conditional needs labels: use --dataset mnist or mnist-latent")
+        if self.latent_scale is not None and self.dataset != LATENT_DATASET:
+            raise ConfigError(
+                f"--latent-scale applies to --dataset {LATENT_DATASET} only, got --dataset "
+                f"{self.dataset}"
+            )
+        if self.dataset == LATENT_DATASET and self.model not in (None, "mlp"):
+            levels = len(PRESETS[self.model].channel_mults)
+            if levels > 1:  # 7 is odd: no stride-2 level fits (UNetConfig would refuse it)
+                raise ConfigError(
+                    f"--model {self.model} halves H and W {levels - 1} time(s), which 7x7 "
+                    f"latents do not allow; use --model latent (one resolution)"
+                )
         if self.conditional and self.objective == "flow":
             raise ConfigError(
                 "--objective flow trains unconditional models only (no guided flow sampler yet); "

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 
 from diffusion_tutorial.core.flow_matching import flow_matching_loss
-from diffusion_tutorial.training.build import init_provenance
+from diffusion_tutorial.training.build import init_provenance, latent_card
 from diffusion_tutorial.training.checkpoints import CHECKPOINT, save_checkpoint
 from diffusion_tutorial.training.config import TrainConfig
 from diffusion_tutorial.training.lock import RunLock
@@ -220,6 +220,7 @@ def finish(run: Run) -> float:
         )
         if cfg.init:  # steps, hardware and wall time above count this run only
             meta["init"] = init_provenance(cfg.init)
+        meta.update(latent_card(cfg))  # mnist-latent: the autoencoder's SHA-256, the factor
         export_weights(cfg.export, run.ema.model, cfg, meta)
     return wall_time_s
 

@@ -18,9 +18,11 @@ from diffusion_tutorial import pretrained
 from diffusion_tutorial.core.flow_matching import velocity_model
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.networks.guidance import classifier_free_guidance
+from diffusion_tutorial.networks.latent import decode_latent
 from diffusion_tutorial.samplers import dpm_solver_sample
 from diffusion_tutorial.samplers.flow import flow_sample
-from diffusion_tutorial.training.config import TrainConfig
+from diffusion_tutorial.training.build import latent_autoencoder, latent_scale
+from diffusion_tutorial.training.config import LATENT_DATASET, TrainConfig
 
 __all__ = ["save_sample_grid", "export_weights", "hardware_name"]
 
@@ -37,7 +39,9 @@ def save_sample_grid(
     fixed noise and save an 8x8 image grid as PNG.
 
     Conditional models draw labels 0..9 in turn with classifier-free guidance; 2-D models save a
-    2-D histogram of 4,096 samples over [-3, 3]^2 as a grey-scale image. Uses its own generator
+    2-D histogram of 4,096 samples over [-3, 3]^2 as a grey-scale image; latent models
+    (``--dataset mnist-latent``) save their samples decoded to digits, divided by the run's
+    scaling factor as the training data were multiplied by it. Uses its own generator
     (seeded by ``cfg.seed``), so sampling never disturbs the training random streams.
     """
     device = next(model.parameters()).device
@@ -55,6 +59,9 @@ def save_sample_grid(
         x_0 = flow_sample(velocity_model(eps_model, schedule), x_T, steps=20, progress=False)
     else:
         x_0 = dpm_solver_sample(eps_model, schedule, x_T, steps=20, progress=False)
+    if cfg.dataset == LATENT_DATASET:  # (n, 4, 7, 7) latents -> (n, 1, 28, 28) digits
+        autoencoder = latent_autoencoder()
+        x_0 = decode_latent(autoencoder, x_0.float().cpu(), scaling_factor=latent_scale(cfg))
     if image:
         grid = ((x_0 + 1) / 2).clamp(0, 1)  # (n, C, H, W) in [0, 1]
     else:
