@@ -147,10 +147,10 @@ def fit_velocity(
 
 @torch.no_grad()
 def straightness(velocity: VelocityModel, x_noise: torch.Tensor, *, steps: int = 200) -> float:
-    """S = E int_0^1 || (x_1 - x_0) - u(x_s, s) ||^2 ds along the flow's own paths (Liu et al. 2023, eq. 6).
+    """S = E int_0^1 || (z_1 - z_0) - u(z_s, s) ||^2 ds along the flow's own paths z_s (Liu et al. 2023).
 
     The paths are Euler's with ``steps`` uniform steps from ``x_noise`` (B, D); the integral is the
-    left Riemann sum over those steps, x_1 the path's endpoint. 0 exactly when every path is a
+    left Riemann sum over those steps, z_1 the path's endpoint. 0 exactly when every path is a
     straight line travelled at constant speed, which Euler then follows in one step.
     """
     _check_points("x_noise", x_noise)
