@@ -46,6 +46,17 @@ The flow-matching chapter's equal-NFE comparison, ``diffusion_tutorial/results/f
         --n 1000 --batch 250 --threads 1 --out $F --samplers \
         flow-euler:5,flow-heun:3,flow-euler:10,flow-heun:5,flow-euler:20,flow-heun:10,flow-euler:50,flow-heun:25,ddim:50:0,dpm:50; done
 
+The latent-diffusion chapter's rows, ``diffusion_tutorial/results/latent_mnist_n1000.jsonl``:
+``latent-<sampler>`` samples the shipped ``mnist-latent`` unconditionally (null label) from
+z_T = randn((n, 4, 7, 7)) of the draw's seed and decodes with ``mnist-autoencoder`` at the factor
+the model was trained with; ``ae-floor`` is the draw's training images encoded and decoded
+against its test reference, the autoencoder's floor (same draws as above, paired by seed):
+
+    L=diffusion_tutorial/results/latent_mnist_n1000.jsonl
+    for s in 0 1 2; do OMP_NUM_THREADS=1 .venv/bin/python bench/mnist_sweep.py --seed $s \
+        --n 1000 --batch 250 --threads 1 --out $L --samplers \
+        ae-floor,latent-dpm:10,latent-dpm:20,latent-sde:20,latent-ddim:20:0; done
+
 Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table diffusion_tutorial/results/mnist_sweep.jsonl``.
 """
 
@@ -55,6 +66,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +82,7 @@ from diffusion_tutorial.core.flow_matching import velocity_model  # noqa: E402
 from diffusion_tutorial.evaluation import metrics  # noqa: E402
 from diffusion_tutorial.evaluation.classifier import classifier_features  # noqa: E402
 from diffusion_tutorial.files import atomic_write  # noqa: E402
+from diffusion_tutorial.networks.latent import decode_latent, encode_latent  # noqa: E402
 
 # Headline comparisons first, then DDPM-1000, then the NFE sweep and the DDIM table (Song et al.
 # 2021, Table 1: eta = 0, 0.5, 1 and sigma-hat at 10, 20, 50, 100 steps).
@@ -127,6 +140,43 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+LATENT = "latent-"  # a sampler string with this prefix samples mnist-latent and decodes
+AE_FLOOR = "ae-floor"  # the draw's training images encoded and decoded: the autoencoder's floor
+LATENT_SHAPE = (4, 7, 7)
+
+
+def parse(name: str) -> SamplerSpec | None:
+    """The sampler of a string; ``latent-`` strings name a pixel sampler run in latent space."""
+    if name == AE_FLOOR:
+        return None
+    return SamplerSpec.parse(name[len(LATENT) :] if name.startswith(LATENT) else name)
+
+
+def load_latent(weights: Path | None):
+    """(mnist-latent, its schedule, the shipped autoencoder, the factor the model was trained with)."""
+    if weights is None:
+        net, schedule = pretrained.load("mnist-latent")
+        meta = pretrained.card("mnist-latent")
+    else:
+        net, schedule = pretrained.load_file(weights)
+        meta = pretrained.card_file(weights)
+    ae = pretrained.load("mnist-autoencoder")
+    want = pretrained.REGISTRY["mnist-autoencoder"].sha256
+    if meta["latent"]["autoencoder_sha256"] != want:
+        raise ValueError(
+            "the latent model was trained on another autoencoder than mnist-autoencoder"
+        )
+    return net, schedule, ae, float(meta["latent"]["scaling_factor"])
+
+
+def append(path: Path, row: dict, log) -> None:
+    """Append one result line (one short write: parallel draws do not interleave)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    log(f"seed {row['seed']} | {row['label']} | FID {row['fid']:.2f} | {row['seconds']:.0f} s")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seed", type=int, default=0)
@@ -145,6 +195,10 @@ def main(argv: list[str] | None = None) -> None:
         "--flow-weights", type=Path, default=None,
         help="flow-euler/flow-heun: this .safetensors (no hash check) instead of mnist-flow",
     )  # fmt: skip
+    p.add_argument(
+        "--latent-weights", type=Path, default=None,
+        help="latent-*: this .safetensors (no hash check) instead of mnist-latent",
+    )  # fmt: skip
     p.add_argument("--table", type=Path, default=None, help="print the tables of a file and exit")
     args = p.parse_args(argv)
     if args.table is not None:
@@ -155,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    specs = [(s.strip(), SamplerSpec.parse(s)) for s in args.samplers.split(",") if s.strip()]
+    specs = [(s.strip(), parse(s.strip())) for s in args.samplers.split(",") if s.strip()]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
     classifier = pretrained.load_classifier(args.classifier, device="cpu")
@@ -169,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 
     (model, schedule), _ = load_model("mnist", None, torch.device("cpu"))
     flow = None  # the velocity field of mnist-flow, loaded when a flow sampler asks for it
+    latent = None  # (mnist-latent, its schedule, the autoencoder, the factor), loaded on demand
     x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(args.seed))
     keep_path = args.out.with_name(f"{args.out.stem}_samples_seed{args.seed}.npz")
     for name, spec in specs:
@@ -176,6 +231,53 @@ def main(argv: list[str] | None = None) -> None:
         if (args.seed, name, args.n) in done:
             continue
         model_name, model_fn = "mnist", model
+        if name.startswith(LATENT) or name == AE_FLOOR:
+            if latent is None:
+                latent = load_latent(args.latent_weights)
+            if name == AE_FLOOR:  # the draw's training images through the autoencoder
+                ae, factor = latent[2], latent[3]
+                feats = classifier_features(
+                    classifier,
+                    decode_latent(
+                        ae,
+                        encode_latent(ae, real_train, scaling_factor=factor),
+                        scaling_factor=factor,
+                    ),
+                )
+                row = {
+                    "model": "mnist-autoencoder", "n": args.n, "seed": args.seed, "sampler": name,
+                    "label": "decoded training images (autoencoder floor)", "nfe": 0,
+                    "fid": metrics.frechet_distance(feats, ref),
+                    "kid": metrics.kernel_distance(feats, ref),
+                    "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": 0.0,
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                }  # fmt: skip
+                append(args.out, row, log)
+                continue
+            net, lat_schedule, ae, factor = latent
+            # x_T of the latent model: (n, 4, 7, 7) from the draw's seed (another shape than the
+            # pixels' x_T, so the pairing with pixel samplers is by draw: reference and floor)
+            z_T = torch.randn(
+                (args.n, *LATENT_SHAPE), generator=torch.Generator().manual_seed(args.seed)
+            )
+            z_0, _, seconds = generate(
+                net, lat_schedule, spec, z_T, args.batch, args.seed + 10_000, None, False
+            )
+            start = time.perf_counter()
+            with torch.no_grad():
+                images = decode_latent(ae, z_0, scaling_factor=factor).clamp(-1, 1)
+            seconds += time.perf_counter() - start
+            feats = classifier_features(classifier, images)
+            row = {
+                "model": "mnist-latent", "n": args.n, "seed": args.seed, "sampler": name,
+                "label": f"latent {spec.label(lat_schedule)}, unconditional, decoded",
+                "nfe": spec.nfe(lat_schedule),
+                "fid": metrics.frechet_distance(feats, ref), "kid": metrics.kernel_distance(feats, ref),
+                "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,
+                "threads": torch.get_num_threads(), "torch": torch.__version__,
+            }  # fmt: skip
+            append(args.out, row, log)
+            continue
         if spec.kind in FLOW_KINDS:
             if flow is None:
                 net, flow_schedule = (
@@ -196,10 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
         }  # fmt: skip
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as f:  # one short line per write: parallel draws do not interleave
-            f.write(json.dumps(row) + "\n")
-        log(f"seed {args.seed} | {row['label']} | FID {row['fid']:.2f} | {seconds:.0f} s")
+        append(args.out, row, log)
         if args.keep:
             old = dict(np.load(keep_path)) if keep_path.is_file() else {}
             old[name] = ((images[: args.keep, 0] + 1) * 127.5).round().clamp(0, 255).byte().numpy()
