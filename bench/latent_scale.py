@@ -72,7 +72,6 @@ from diffusion_tutorial.training import build  # noqa: E402
 from diffusion_tutorial.training.config import TrainConfig  # noqa: E402
 from diffusion_tutorial.training.loop import train  # noqa: E402
 
-FACTOR = 1.1527  # the shipped autoencoder's scaling_factor, rounded as the chapter quotes it
 DEFAULT_SCALES = "0.25,0.5,1.0,factor,2.0,4.0"
 NFE = 20
 OUT = ROOT / "diffusion_tutorial/results/latent_scale_sweep.jsonl"
@@ -117,7 +116,10 @@ def encode_once() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--scales", default=DEFAULT_SCALES, help="comma-separated; 'factor' = 1.1527")
+    p.add_argument(
+        "--scales", default=DEFAULT_SCALES,
+        help="comma-separated; 'factor': the autoencoder's own scaling_factor (1.1527)",
+    )  # fmt: skip
     p.add_argument("--steps", type=int, default=600, help="training steps per scale")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--n", type=int, default=1000, help="samples and reference digits per scale")
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         args.scales, args.steps, args.n, args.batch = "0.5,factor", 20, 100, 100
     if args.threads:
         torch.set_num_threads(args.threads)
-    scales = [FACTOR if s.strip() == "factor" else float(s) for s in args.scales.split(",")]
+    factor = build.latent_autoencoder().config.scaling_factor  # 1.152696...
+    scales = [factor if s.strip() == "factor" else float(s) for s in args.scales.split(",")]
     for s in scales:
         if not s > 0:
             p.error(f"--scales must be positive numbers or 'factor', got {s}")
