@@ -47,6 +47,45 @@ def mnist_available() -> bool:
     return (root.expanduser() / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists()
 
 
+def toy_config(out: Path, **kw):
+    """A seconds-long TrainConfig: 6 steps of batch 32 on 256 two-moons points, T = 50, CPU."""
+    from diffusion_tutorial.training.config import TrainConfig
+
+    base = dict(
+        dataset="two_moons",
+        toy_size=256,
+        steps=6,
+        batch_size=32,
+        warmup_steps=2,
+        sample_every=0,
+        checkpoint_every=0,
+        log_every=1,
+        T=50,
+        out_dir=str(out),
+        progress=False,
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def mnist_config(out: Path, **kw):
+    """:func:`toy_config` on "mnist" with the tiny U-Net and batch 8; use with ``fake_mnist``."""
+    # The tiny U-Net has dropout 0.1, so resumption must also restore the global CPU RNG state.
+    return toy_config(out, **{"dataset": "mnist", "model": "tiny", "batch_size": 8, **kw})
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    """64 random 8x8 images in [-1, 1] with labels 0..9 in place of the MNIST training set
+    (``training.build.mnist_train`` is the only thing replaced)."""
+    from diffusion_tutorial.training import build
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 8, 8, generator=g) * 2 - 1  # (64, 1, 8, 8)
+    labels = torch.arange(64) % 10  # (64,)
+    monkeypatch.setattr(build, "mnist_train", lambda: (images, labels))
+
+
 def tiny_unet_config(num_classes: int | None = None):
     """An 8x8 U-Net with 8 channels: tests network plumbing (times, labels, dtypes, guidance)
     as well as a 28x28 one, at a fraction of the cost."""

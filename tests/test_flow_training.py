@@ -22,6 +22,8 @@ from diffusion_tutorial.training.cli import parse_args
 from diffusion_tutorial.training.config import ConfigError, TrainConfig, resume_mismatches
 from diffusion_tutorial.training.loop import train
 
+from .conftest import mnist_config
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -31,29 +33,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def fake_mnist(monkeypatch):
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(64, 1, 8, 8, generator=g) * 2 - 1  # (64, 1, 8, 8)
-    monkeypatch.setattr(build, "mnist_train", lambda: (images, torch.arange(64) % 10))
-
-
 def config(out: Path, **kw) -> TrainConfig:
-    base = dict(
-        dataset="mnist",
-        model="tiny",
-        steps=2,
-        batch_size=8,
-        warmup_steps=0,
-        sample_every=0,
-        checkpoint_every=0,
-        log_every=1,
-        T=50,
-        out_dir=str(out),
-        progress=False,
-        device="cpu",
-    )
-    return TrainConfig(**{**base, **kw})
+    """Two steps of the tiny U-Net on ``fake_mnist``, no warm-up."""
+    return mnist_config(out, **{"steps": 2, "warmup_steps": 0, **kw})
 
 
 def test_flow_objective_exports_a_velocity_model(tmp_path, fake_mnist):

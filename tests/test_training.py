@@ -18,34 +18,10 @@ from diffusion_tutorial import pretrained
 from diffusion_tutorial.core.schedules import linear_schedule
 from diffusion_tutorial.training import build
 from diffusion_tutorial.training.build import autocast_dtype
-from diffusion_tutorial.training.config import TrainConfig
 from diffusion_tutorial.training.loop import batch_indices, train
 from diffusion_tutorial.training.step import learning_rate
 
-from .conftest import mnist_available
-
-
-def toy_config(out: Path, **kw) -> TrainConfig:
-    base = dict(
-        dataset="two_moons",
-        toy_size=256,
-        steps=6,
-        batch_size=32,
-        warmup_steps=2,
-        sample_every=0,
-        checkpoint_every=0,
-        log_every=1,
-        T=50,
-        out_dir=str(out),
-        progress=False,
-        device="cpu",
-    )
-    return TrainConfig(**{**base, **kw})
-
-
-def mnist_config(out: Path, **kw) -> TrainConfig:
-    # The tiny U-Net has dropout 0.1, so resumption must also restore the global CPU RNG state.
-    return toy_config(out, dataset="mnist", model="tiny", batch_size=8, **kw)
+from .conftest import mnist_available, mnist_config, toy_config
 
 
 @pytest.fixture(autouse=True)
@@ -56,15 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def fake_mnist(monkeypatch):
-    """64 random 8x8 images in [-1, 1] with labels 0..9 in place of the MNIST training set."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand(64, 1, 8, 8, generator=g) * 2 - 1  # (64, 1, 8, 8)
-    labels = torch.arange(64) % 10  # (64,)
-    monkeypatch.setattr(build, "mnist_train", lambda: (images, labels))
 
 
 def rows(path: Path) -> list[dict[str, str]]:
