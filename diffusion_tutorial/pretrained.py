@@ -101,6 +101,14 @@ REGISTRY: dict[str, WeightsEntry] = {
         "config.scaling_factor to networks.latent.measure_scaling_factor(model, "
         "dt.mnist(train=True).images) and save it again (see the model card)",
     ),
+    "mnist-latent": WeightsEntry(
+        filename="mnist-latent.safetensors",
+        sha256="4d69719d38582bafb5c1ad42e280868424c66c0b4d35fada6c089da503ce185b",
+        retrain="python -m diffusion_tutorial.train --dataset mnist-latent --model latent "
+        "--conditional --p-uncond 0.1 --steps 5000 --batch-size 128 --lr 4e-4 --warmup-steps 100 "
+        "--lr-decay cosine --ema-decay 0.999 --seed 0 --export mnist-latent.safetensors (a "
+        "class-conditional eps-model of mnist-autoencoder's 4x7x7 latents; see the model card)",
+    ),
 }
 CLASSIFIER = WeightsEntry(
     filename="mnist_classifier.safetensors",
