@@ -47,7 +47,8 @@ The flow-matching chapter's equal-NFE comparison, ``diffusion_tutorial/results/f
         flow-euler:5,flow-heun:3,flow-euler:10,flow-heun:5,flow-euler:20,flow-heun:10,flow-euler:50,flow-heun:25,ddim:50:0,dpm:50; done
 
 The latent-diffusion chapter's rows, ``diffusion_tutorial/results/latent_mnist_n1000.jsonl``:
-``latent-<sampler>`` samples the shipped ``mnist-latent`` unconditionally (null label) from
+``latent-<sampler>`` samples the shipped ``mnist-latent`` unconditionally (null label;
+``latent-cond-<sampler>``: conditionally at s = 1, the digits 0-9 in turn) from
 z_T = randn((n, 4, 7, 7)) of the draw's seed and decodes with ``mnist-autoencoder`` at the factor
 the model was trained with; ``ae-floor`` is the draw's training images encoded and decoded
 against its test reference, the autoencoder's floor (same draws as above, paired by seed):
@@ -55,7 +56,7 @@ against its test reference, the autoencoder's floor (same draws as above, paired
     L=diffusion_tutorial/results/latent_mnist_n1000.jsonl
     for s in 0 1 2; do OMP_NUM_THREADS=1 .venv/bin/python bench/mnist_sweep.py --seed $s \
         --n 1000 --batch 250 --threads 1 --out $L --samplers \
-        ae-floor,latent-dpm:10,latent-dpm:20,latent-sde:20,latent-ddim:20:0; done
+        ae-floor,latent-dpm:10,latent-dpm:20,latent-sde:20,latent-ddim:20:0,latent-cond-dpm:20; done
 
 Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table diffusion_tutorial/results/mnist_sweep.jsonl``.
 """
@@ -141,6 +142,7 @@ def table(rows: list[dict]) -> str:
 
 
 LATENT = "latent-"  # a sampler string with this prefix samples mnist-latent and decodes
+COND = "cond-"  # latent-cond-<sampler>: the conditional model (s = 1), digits 0..9 in turn
 AE_FLOOR = "ae-floor"  # the draw's training images encoded and decoded: the autoencoder's floor
 LATENT_SHAPE = (4, 7, 7)
 
@@ -149,7 +151,10 @@ def parse(name: str) -> SamplerSpec | None:
     """The sampler of a string; ``latent-`` strings name a pixel sampler run in latent space."""
     if name == AE_FLOOR:
         return None
-    return SamplerSpec.parse(name[len(LATENT) :] if name.startswith(LATENT) else name)
+    if name.startswith(LATENT):
+        name = name[len(LATENT) :]
+        name = name[len(COND) :] if name.startswith(COND) else name
+    return SamplerSpec.parse(name)
 
 
 def load_latent(weights: Path | None):
@@ -260,9 +265,11 @@ def main(argv: list[str] | None = None) -> None:
             z_T = torch.randn(
                 (args.n, *LATENT_SHAPE), generator=torch.Generator().manual_seed(args.seed)
             )
+            cond = name.startswith(LATENT + COND)
             z_0, _, seconds = generate(
-                net, lat_schedule, spec, z_T, args.batch, args.seed + 10_000, None, False
-            )
+                net, lat_schedule, spec, z_T, args.batch, args.seed + 10_000, 1.0 if cond else None,
+                False,
+            )  # fmt: skip
             start = time.perf_counter()
             with torch.no_grad():
                 images = decode_latent(ae, z_0, scaling_factor=factor).clamp(-1, 1)
@@ -270,7 +277,9 @@ def main(argv: list[str] | None = None) -> None:
             feats = classifier_features(classifier, images)
             row = {
                 "model": "mnist-latent", "n": args.n, "seed": args.seed, "sampler": name,
-                "label": f"latent {spec.label(lat_schedule)}, unconditional, decoded",
+                "label": f"latent {spec.label(lat_schedule)}, "
+                + ("conditional (s = 1, digits 0-9 in turn)" if cond else "unconditional")
+                + ", decoded",
                 "nfe": spec.nfe(lat_schedule),
                 "fid": metrics.frechet_distance(feats, ref), "kid": metrics.kernel_distance(feats, ref),
                 "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,
