@@ -21,7 +21,10 @@ asks ``training.build.mnist_latent_train(c)`` for its data, and this script poin
 ``c * means`` of one encoding at c = 1 (``encode_latent`` multiplies the same means by c, so the
 data are identical; the loop and the run folders are untouched otherwise). The eps-loss is NOT
 comparable across scales (at small c the latent is nearly pure noise at every t, so predicting
-the noise is easy); the decoded samples' FID is.
+the noise is easy); the decoded samples' FID is. 600 steps is short: at every scale the committed
+models' samples overshoot the latents' spread (``latent_std`` is several times c / 1.1527, the
+data's std) and their MNIST-FID is far above the floor, so the sweep ranks how far each scale
+gets in a short run, not where it would converge (``mnist-latent`` took 5,000 steps).
 
 One JSON line per scale is appended to ``--out`` (default
 ``diffusion_tutorial/results/latent_scale_sweep.jsonl``); scales already there (same scale,
@@ -30,8 +33,9 @@ steps, batch_size, final_loss, fid, kid, floor_fid, floor_kid, n, seed, sampler,
 train_seconds, sample_seconds, seconds (train + sample + decode + features of this scale),
 threads, torch.
 
-The full sweep (about 38 min on one free core: ~85 s encoding, then per scale ~600 x 0.5 s of
-training and ~40-60 s of sampling 1,000 latents at 20 NFE):
+The full sweep, as committed (measured 2026-12-05 on one core of the shared 2-core machine,
+load about 3: 356-408 s of training and 33-46 s of sampling per scale, 412-449 s per scale with
+decoding and features, about 45 min for the six scales including the encoding):
 
     DIFFUSION_TUTORIAL_DATA=/work/shared/data OMP_NUM_THREADS=1 nice -n 5 \\
         .venv/bin/python bench/latent_scale.py --steps 600 --n 1000 --threads 1
