@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             cond = name.startswith(LATENT + COND)
             z_0, _, seconds = generate(
                 net, lat_schedule, spec, z_T, args.batch, args.seed + 10_000, 1.0 if cond else None,
-                False,
+                False, clamp=False,  # latents are not images: only the decoded digits are clipped
             )  # fmt: skip
             start = time.perf_counter()
             with torch.no_grad():

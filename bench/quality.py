@@ -200,8 +200,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def generate(model, schedule, spec, x_T, batch, seed, guidance, amp):
+def generate(model, schedule, spec, x_T, batch, seed, guidance, amp, clamp=True):
     """Samples (n, C, H, W) on the CPU from the given x_T (n, C, H, W), the requested labels and seconds.
+
+    ``clamp``: clip to the images' range [-1, 1] (never for latents, which decode first).
 
     The stochastic samplers draw their noise from a generator seeded with ``seed``, so two
     samplers of one draw share x_T and the noise stream (as far as they draw the same amount).
@@ -225,7 +227,7 @@ def generate(model, schedule, spec, x_T, batch, seed, guidance, amp):
             model_fn = classifier_free_guidance(model, y, guidance)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             x_0 = spec.run(model_fn, schedule, x_batch, gen)
-        out.append(x_0.float().clamp(-1, 1).cpu())
+        out.append((x_0.float().clamp(-1, 1) if clamp else x_0.float()).cpu())
     sync(device)
     return torch.cat(out), y_all, time.perf_counter() - start
 
