@@ -40,3 +40,19 @@ def test_notebook_has_no_stored_outputs(path):
         f"{path}: code cells {dirty} have stored outputs; clear them with "
         f"`jupyter nbconvert --clear-output --inplace {path}`"
     )
+
+
+COLAB_INSTALL = '%pip install -q "diffusion-tutorial @ git+https://github.com/diffusion-tutorial/diffusion-tutorial"'
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS)
+def test_notebook_installs_the_package_in_colab(path):
+    """The first code cell installs the package when the notebook runs in Colab, with the same
+    command as the README. nbval never executes that line (it is skipped outside Colab), so a
+    formatter that cuts it short (as once happened: ``%pip i``) is caught only here."""
+    nb = json.loads((ROOT / path).read_text())
+    first = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    lines = [ln.strip() for ln in first.splitlines()]
+    assert 'if "google.colab" in sys.modules:' in lines and COLAB_INSTALL in lines, (
+        f"{path}: the first code cell must install the package in Colab with `{COLAB_INSTALL}`"
+    )
