@@ -23,8 +23,8 @@ from diffusion_tutorial.training.config import ConfigError
 from diffusion_tutorial.training.lock import LOCK
 from diffusion_tutorial.training.loop import train
 
-from .conftest import ROOT
-from .test_training import one_thread, rows, toy_config  # noqa: F401 (fixture)
+from .conftest import ROOT, toy_config
+from .test_training import one_thread, rows  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(lock.fcntl is None, reason="no fcntl: runs are not locked")
 

@@ -19,7 +19,7 @@ from diffusion_tutorial.training.cli import build_parser, main, parse_args
 from diffusion_tutorial.training.config import ConfigError, TrainConfig, flag
 
 from .conftest import ROOT
-from .test_training import _nan_after, fake_mnist, one_thread  # noqa: F401 (fixtures)
+from .test_training import _nan_after, one_thread  # noqa: F401 (fixture)
 
 TOY = ["--dataset", "two_moons", "--toy-size", "256", "--batch-size", "32", "--T", "50"]
 QUIET = ["--sample-every", "0", "--no-progress", "--device", "cpu"]

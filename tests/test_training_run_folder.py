@@ -17,15 +17,8 @@ from diffusion_tutorial.training import build
 from diffusion_tutorial.training.config import ConfigError, TrainConfig
 from diffusion_tutorial.training.loop import train
 
-from .conftest import ROOT
-from .test_training import (  # noqa: F401 (fixtures)
-    fake_mnist,
-    mnist_config,
-    one_thread,
-    rows,
-    toy_config,
-    weights,
-)
+from .conftest import ROOT, mnist_config, toy_config
+from .test_training import one_thread, rows, weights  # noqa: F401 (fixture)
 
 
 def test_a_folder_that_holds_a_run_needs_resume_or_overwrite(tmp_path):
