@@ -364,3 +364,24 @@ def test_loss_draws_flow_times_in_the_networks_range():
     t = torch.cat(seen)
     assert t.dtype == torch.float32 and 1 <= t.min() and t.max() <= 1000
     assert t.min() < 2 and t.max() > 990  # covers the range
+
+
+def test_loss_with_a_couplings_noise_regresses_on_that_noise():
+    """noise= replaces the independent eps draw: the loss is the mean squared error of the
+    velocity field against x_0 - noise on x_s = s x_0 + (1 - s) noise (a loss that still drew
+    its own eps, or paired noise with the wrong x_0, would differ)."""
+    torch.manual_seed(0)
+    net = dt.UNet(dt.UNetConfig(base_channels=16, channel_mults=(1, 2), prediction="velocity"))
+    for p in net.parameters():  # the zero-initialised output would hide a wrong target
+        p.data.normal_(0, 0.05)
+    net.eval()
+    g = torch.Generator().manual_seed(2)
+    x_0, noise = torch.randn(4, 1, 28, 28, generator=g), torch.randn(4, 1, 28, 28, generator=g)
+    flow_t = torch.tensor([0.1, 0.4, 0.6, 0.9], dtype=torch.float64)
+    s = flow_t.float()[:, None, None, None]
+    u = velocity_model(net, SCHEDULE)(s * x_0 + (1 - s) * noise, flow_t)
+    want = ((u - (x_0 - noise)) ** 2).mean()
+    got = flow_matching_loss(net, x_0, SCHEDULE, flow_t=flow_t, noise=noise)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="noise must have the shape of x_0"):
+        flow_matching_loss(net, x_0, SCHEDULE, noise=noise[:2])

@@ -137,12 +137,14 @@ def flow_matching_loss(
     *,
     generator: torch.Generator | None = None,
     flow_t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_FM = E_{s, eps} || (x_0 - eps) - u_theta(x_s, s) ||^2, x_s = s x_0 + (1 - s) eps.
 
     s ~ U[s_min, s_max] (``flow_time_range``: the flow times the network's book-time input
-    covers), then eps ~ N(0, I), both from ``generator`` (``s`` (B,) overrides the draw); the
-    network reads ``flow_network_input`` ((a + b) x_s and the matching fractional book time).
+    covers), then eps ~ N(0, I), both from ``generator`` (``s`` (B,) overrides the draw;
+    ``noise``, shaped like x_0, is the eps paired with each x_0 by a coupling other than the
+    independent one, e.g. ``training.flow_toy.minibatch_ot_pairs``); the network reads ``flow_network_input`` ((a + b) x_s and the matching fractional book time).
     Returns the mean over the batch and all dimensions, like ``simple_loss``.
     Book: Flow matching (Part 4). Lipman et al. 2023, eq. 23 (conditional flow matching).
     """
@@ -157,7 +159,14 @@ def flow_matching_loss(
         flow_t = lo + (hi - lo) * r.to(x_0.device)  # (B,)
     else:
         flow_t = _flow_t(flow_t, x_0, 0.0, 1.0).reshape(-1).expand(B)
-    eps = randn_like(x_0, generator)  # (B, ...)
+    if noise is None:
+        eps = randn_like(x_0, generator)  # (B, ...)
+    else:
+        eps = check_finite("noise", check_float_tensor("noise", noise))
+        if eps.shape != x_0.shape:
+            raise ValueError(
+                f"noise must have the shape of x_0 {tuple(x_0.shape)}, got {tuple(eps.shape)}"
+            )
     s = expand_like(flow_t, x_0)  # (B, 1, ..., 1) in x_0's dtype
     x_s = s * x_0 + (1 - s) * eps  # (B, ...)
     x_vp, t, _ = flow_network_input(x_s, flow_t, schedule)

@@ -25,9 +25,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from diffusion_tutorial.checks import check_finite, check_float_tensor, check_positive_int
+from diffusion_tutorial.checks import (
+    check_finite,
+    check_float_in_range,
+    check_float_tensor,
+    check_positive_int,
+)
 from diffusion_tutorial.core.flow import VelocityModel
-from diffusion_tutorial.core.flow_matching import flow_time_range, velocity_model
+from diffusion_tutorial.core.flow_matching import flow_matching_loss
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.runtime import tqdm
 from diffusion_tutorial.samplers.flow import flow_sample
@@ -117,25 +122,22 @@ def fit_velocity(
 ) -> list[float]:
     """Train ``net`` (``config.prediction == "velocity"``) on a coupling by Adam; returns the losses.
 
-    Each step: (x_noise, x_data) = pairs(B), s ~ U[s_min, s_max] (``flow_time_range``), x_s =
-    s x_data + (1 - s) x_noise, and a step on mean || (x_data - x_noise) - u_theta(x_s, s) ||^2
-    with u_theta = ``velocity_model(net, schedule)``; cosine decay of the learning rate to 0, as
-    ``training.toy.fit``. With :func:`independent_pairs` this is ``flow_matching_loss``.
+    Each step: (x_noise, x_data) = pairs(B), then ``flow_matching_loss(net, x_data, schedule,
+    noise=x_noise)``: s ~ U[s_min, s_max], x_s = s x_data + (1 - s) x_noise and
+    mean || (x_data - x_noise) - u_theta(x_s, s) ||^2; cosine decay of the learning rate to 0, as
+    ``training.toy.fit``. With :func:`independent_pairs` this is plain flow matching.
     Book: Flow matching (Part 4), eq. (eq-fm-loss). Lipman et al. 2023, eq. 23.
     """
     steps = check_positive_int("steps", steps)
     batch_size = check_positive_int("batch_size", batch_size)
-    u_theta = velocity_model(net, schedule)
-    lo, hi = flow_time_range(schedule)
+    lr = check_float_in_range("lr", lr, 0.0, None, low_open=True)
     net.train()
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
     losses: list[float] = []
     for k in tqdm(range(steps), desc="fit velocity", disable=not progress, mininterval=0.5):
         x_noise, x_data = pairs(batch_size, generator)  # (B, D) each
-        flow_t = lo + (hi - lo) * torch.rand(batch_size, generator=generator, dtype=torch.float64)
-        s = flow_t.to(x_data.dtype)[:, None]  # (B, 1)
-        x_s = s * x_data + (1 - s) * x_noise  # (B, D)
-        loss = torch.mean((u_theta(x_s, flow_t) - (x_data - x_noise)) ** 2)
+        # eq-fm-loss with the coupling's noise in place of an independent draw
+        loss = flow_matching_loss(net, x_data, schedule, generator=generator, noise=x_noise)
         optimizer.param_groups[0]["lr"] = learning_rate(k, lr=lr, steps=steps, cosine=True)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
