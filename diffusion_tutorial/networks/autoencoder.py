@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion_tutorial.background.probability import reparameterize
 from diffusion_tutorial.checks import (
     check_finite,
     check_float_in_range,
@@ -194,6 +195,6 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
 def sample_latent(
     mean: torch.Tensor, logvar: torch.Tensor, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I): the reparameterised sample of q(z | x)."""
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + (0.5 * logvar).exp() * eps
+    """z = mean + exp(logvar / 2) * eps, eps ~ N(0, I): the reparameterised sample of q(z | x)
+    (Part 1's :func:`~diffusion_tutorial.background.probability.reparameterize`)."""
+    return reparameterize(mean, logvar, generator=generator)
