@@ -31,7 +31,7 @@ from diffusion_tutorial.checks import (
     check_float_tensor,
     check_positive_int,
 )
-from diffusion_tutorial.core.flow import VelocityModel
+from diffusion_tutorial.core.flow import VelocityModel, u_from_x0
 from diffusion_tutorial.core.flow_matching import flow_matching_loss
 from diffusion_tutorial.core.schedules import NoiseSchedule
 from diffusion_tutorial.runtime import tqdm
@@ -159,7 +159,7 @@ def straightness(velocity: VelocityModel, x_noise: torch.Tensor, *, steps: int =
     us: list[torch.Tensor] = []
 
     def record(i: int, flow_t: float, x: torch.Tensor, x0_hat: torch.Tensor) -> None:
-        us.append((x0_hat - x) / (1 - flow_t))  # u = (x0_hat - x) / (1 - s)
+        us.append(u_from_x0(x, x0_hat, flow_t))  # u = (x0_hat - x) / (1 - s)
 
     x_1 = flow_sample(velocity, x_noise, steps=steps, callback=record, progress=False)
     chord = x_1 - x_noise  # (B, D)
