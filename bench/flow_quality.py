@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import ROOT, mnist_draw  # noqa: E402
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -65,11 +67,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.manual_seed(0)
 
     classifier = pretrained.load_classifier()
-    gen = torch.Generator().manual_seed(args.seed)
-    reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
-    real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
-    ref = classifier_features(classifier, reference)
-    floor = metrics.frechet_distance(classifier_features(classifier, real_train), ref)
+    ref, _, floor, _ = mnist_draw(args.n, args.seed, classifier)
     x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(args.seed))
 
     eps_model, schedule = pretrained.load("mnist")

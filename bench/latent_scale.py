@@ -63,7 +63,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import ROOT, mnist_draw  # noqa: E402
+
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
@@ -159,12 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"every scale is already in {args.out}")
         return
     classifier = pretrained.load_classifier(device="cpu")
-    gen = torch.Generator().manual_seed(args.seed)  # as bench/mnist_sweep.py: reference, floor
-    reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
-    real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
-    ref = classifier_features(classifier, reference)  # (n, hidden)
-    real = classifier_features(classifier, real_train)
-    floor_fid, floor_kid = metrics.frechet_distance(real, ref), metrics.kernel_distance(real, ref)
+    ref, _, floor_fid, floor_kid = mnist_draw(args.n, args.seed, classifier)  # mnist_sweep's draw
     log(f"seed {args.seed}, n {args.n}: floor FID {floor_fid:.2f}, KID {floor_kid:.4f}")
     autoencoder = build.latent_autoencoder()
     t0 = time.perf_counter()

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import FLOW_KINDS, ROOT, SamplerSpec, generate, load_model  # noqa: E402
+from quality import FLOW_KINDS, ROOT, SamplerSpec, generate, load_model, mnist_draw  # noqa: E402
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -218,12 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
     classifier = pretrained.load_classifier(args.classifier, device="cpu")
-    gen = torch.Generator().manual_seed(args.seed)
-    reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
-    real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
-    ref = classifier_features(classifier, reference)  # (n, hidden)
-    real = classifier_features(classifier, real_train)
-    floor_fid, floor_kid = metrics.frechet_distance(real, ref), metrics.kernel_distance(real, ref)
+    ref, real_train, floor_fid, floor_kid = mnist_draw(args.n, args.seed, classifier)
     log(f"seed {args.seed}: floor FID {floor_fid:.2f}, KID {floor_kid:.5f}")
 
     (model, schedule), _ = load_model("mnist", None, torch.device("cpu"))

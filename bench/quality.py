@@ -232,6 +232,21 @@ def generate(model, schedule, spec, x_T, batch, seed, guidance, amp, clamp=True)
     return torch.cat(out), y_all, time.perf_counter() - start
 
 
+def mnist_draw(n: int, seed: int, classifier) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """One draw of every MNIST benchmark: (reference features, training digits, floor FID, KID).
+
+    ``Generator().manual_seed(seed)`` draws ``n`` test digits (the reference), then ``n``
+    training digits (the real-vs-real floor). Every bench script draws through here, so files
+    written by different scripts share reference and floor seed by seed and pair by draw.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    reference, _ = metrics.mnist_subset(n, train=False, generator=gen)
+    real_train, _ = metrics.mnist_subset(n, train=True, generator=gen)
+    ref = classifier_features(classifier, reference)  # (n, hidden)
+    real = classifier_features(classifier, real_train)
+    return ref, real_train, metrics.frechet_distance(real, ref), metrics.kernel_distance(real, ref)
+
+
 def load_model(name: str, weights_dir: Path | None, device: torch.device):
     if weights_dir is None:
         entry = pretrained.REGISTRY[name]
@@ -301,13 +316,9 @@ def main(argv: list[str] | None = None) -> str:
     classifier = pretrained.load_classifier(args.classifier, device=device)
     refs, floors = [], []
     for seed in seeds:
-        gen = torch.Generator().manual_seed(seed)
-        reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
-        real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
-        refs.append(classifier_features(classifier, reference))  # (n, hidden)
-        floors.append(
-            metrics.frechet_distance(classifier_features(classifier, real_train), refs[-1])
-        )
+        ref, _, floor, _ = mnist_draw(args.n, seed, classifier)
+        refs.append(ref)  # (n, hidden)
+        floors.append(floor)
         log(f"draw {seed}: real-vs-real {metrics.MNIST_FID_NAME} at n={args.n}: {floors[-1]:.2f}")
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type

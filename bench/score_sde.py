@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import ROOT, generate, load_model, mean_std  # noqa: E402
+from quality import ROOT, generate, load_model, mean_std, mnist_draw  # noqa: E402
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -127,13 +127,7 @@ def run_pc(args) -> None:
     (model, schedule), source = load_model("mnist", None, torch.device("cpu"))
     settings = [(s.strip(), PCSpec.parse(s)) for s in args.samplers.split(",") if s.strip()]
     for seed in args.seeds:
-        gen = torch.Generator().manual_seed(seed)
-        reference, _ = metrics.mnist_subset(args.n, train=False, generator=gen)
-        real_train, _ = metrics.mnist_subset(args.n, train=True, generator=gen)
-        ref = classifier_features(classifier, reference)  # (n, hidden)
-        real = classifier_features(classifier, real_train)
-        floor_fid = metrics.frechet_distance(real, ref)
-        floor_kid = metrics.kernel_distance(real, ref)
+        ref, _, floor_fid, floor_kid = mnist_draw(args.n, seed, classifier)
         log(f"seed {seed}: floor FID {floor_fid:.2f}")
         x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
         for name, spec in settings:
