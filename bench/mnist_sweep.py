@@ -174,6 +174,37 @@ def load_latent(weights: Path | None):
     return net, schedule, ae, float(meta["latent"]["scaling_factor"])
 
 
+def run_latent(name: str, spec, latent, real_train: torch.Tensor, seed: int, batch: int):
+    """(model, label, NFE, decoded images, seconds) of a ``latent-`` sampler or of ``ae-floor``."""
+    net, schedule, ae, factor = latent
+    if name == AE_FLOOR:  # the draw's training images through the autoencoder
+        z = encode_latent(ae, real_train, scaling_factor=factor)
+        images = decode_latent(ae, z, scaling_factor=factor)
+        return "mnist-autoencoder", "decoded training images (autoencoder floor)", 0, images, 0.0
+    # x_T of the latent model: (n, 4, 7, 7) from the draw's seed (another shape than the pixels'
+    # x_T, so the pairing with pixel samplers is by draw: reference and floor)
+    z_T = torch.randn(
+        (len(real_train), *LATENT_SHAPE), generator=torch.Generator().manual_seed(seed)
+    )
+    cond = name.startswith(LATENT + COND)
+    z_0, _, seconds = generate(
+        net, schedule, spec, z_T, batch, seed + 10_000, 1.0 if cond else None, False,
+        clamp=False,  # latents are not images: only the decoded digits are clipped
+    )  # fmt: skip
+    start = time.perf_counter()
+    with torch.no_grad():
+        images = decode_latent(ae, z_0, scaling_factor=factor).clamp(-1, 1)
+    seconds += time.perf_counter() - start
+    kind = "conditional (s = 1, digits 0-9 in turn)" if cond else "unconditional"
+    return (
+        "mnist-latent",
+        f"latent {spec.label(schedule)}, {kind}, decoded",
+        spec.nfe(schedule),
+        images,
+        seconds,
+    )
+
+
 def append(path: Path, row: dict, log) -> None:
     """Append one result line (one short write: parallel draws do not interleave)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,74 +261,30 @@ def main(argv: list[str] | None = None) -> None:
         done = {(r["seed"], r["sampler"], r["n"]) for r in load(args.out)}
         if (args.seed, name, args.n) in done:
             continue
-        model_name, model_fn = "mnist", model
-        if name.startswith(LATENT) or name == AE_FLOOR:
-            if latent is None:
-                latent = load_latent(args.latent_weights)
-            if name == AE_FLOOR:  # the draw's training images through the autoencoder
-                ae, factor = latent[2], latent[3]
-                feats = classifier_features(
-                    classifier,
-                    decode_latent(
-                        ae,
-                        encode_latent(ae, real_train, scaling_factor=factor),
-                        scaling_factor=factor,
-                    ),
-                )
-                row = {
-                    "model": "mnist-autoencoder", "n": args.n, "seed": args.seed, "sampler": name,
-                    "label": "decoded training images (autoencoder floor)", "nfe": 0,
-                    "fid": metrics.frechet_distance(feats, ref),
-                    "kid": metrics.kernel_distance(feats, ref),
-                    "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": 0.0,
-                    "threads": torch.get_num_threads(), "torch": torch.__version__,
-                }  # fmt: skip
-                append(args.out, row, log)
-                continue
-            net, lat_schedule, ae, factor = latent
-            # x_T of the latent model: (n, 4, 7, 7) from the draw's seed (another shape than the
-            # pixels' x_T, so the pairing with pixel samplers is by draw: reference and floor)
-            z_T = torch.randn(
-                (args.n, *LATENT_SHAPE), generator=torch.Generator().manual_seed(args.seed)
+        if name == AE_FLOOR or name.startswith(LATENT):
+            latent = latent or load_latent(args.latent_weights)
+            model_name, label, nfe, images, seconds = run_latent(
+                name, spec, latent, real_train, args.seed, args.batch
             )
-            cond = name.startswith(LATENT + COND)
-            z_0, _, seconds = generate(
-                net, lat_schedule, spec, z_T, args.batch, args.seed + 10_000, 1.0 if cond else None,
-                False, clamp=False,  # latents are not images: only the decoded digits are clipped
-            )  # fmt: skip
-            start = time.perf_counter()
-            with torch.no_grad():
-                images = decode_latent(ae, z_0, scaling_factor=factor).clamp(-1, 1)
-            seconds += time.perf_counter() - start
-            feats = classifier_features(classifier, images)
-            row = {
-                "model": "mnist-latent", "n": args.n, "seed": args.seed, "sampler": name,
-                "label": f"latent {spec.label(lat_schedule)}, "
-                + ("conditional (s = 1, digits 0-9 in turn)" if cond else "unconditional")
-                + ", decoded",
-                "nfe": spec.nfe(lat_schedule),
-                "fid": metrics.frechet_distance(feats, ref), "kid": metrics.kernel_distance(feats, ref),
-                "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,
-                "threads": torch.get_num_threads(), "torch": torch.__version__,
-            }  # fmt: skip
-            append(args.out, row, log)
-            continue
-        if spec.kind in FLOW_KINDS:
-            if flow is None:
-                net, flow_schedule = (
-                    pretrained.load("mnist-flow")
-                    if args.flow_weights is None
-                    else pretrained.load_file(args.flow_weights)
-                )
-                flow = velocity_model(net, flow_schedule)
-            model_name, model_fn = "mnist-flow", flow
-        images, _, seconds = generate(
-            model_fn, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False
-        )
+        else:
+            model_name, model_fn = "mnist", model
+            if spec.kind in FLOW_KINDS:
+                if flow is None:
+                    net, flow_schedule = (
+                        pretrained.load("mnist-flow")
+                        if args.flow_weights is None
+                        else pretrained.load_file(args.flow_weights)
+                    )
+                    flow = velocity_model(net, flow_schedule)
+                model_name, model_fn = "mnist-flow", flow
+            images, _, seconds = generate(
+                model_fn, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False
+            )
+            label, nfe = spec.label(schedule), spec.nfe(schedule)
         feats = classifier_features(classifier, images)
         row = {
             "model": model_name, "n": args.n, "seed": args.seed, "sampler": name,
-            "label": spec.label(schedule), "nfe": spec.nfe(schedule),
+            "label": label, "nfe": nfe,
             "fid": metrics.frechet_distance(feats, ref), "kid": metrics.kernel_distance(feats, ref),
             "floor_fid": floor_fid, "floor_kid": floor_kid, "seconds": seconds,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
