@@ -39,7 +39,7 @@ from diffusion_tutorial.networks.autoencoder import Autoencoder, AutoencoderConf
 from diffusion_tutorial.networks.mlp import MLPConfig, MLPDenoiser
 from diffusion_tutorial.networks.unet import UNet, UNetConfig
 
-__all__ = ["ModelKind", "KINDS", "save", "save_classifier", "card_file"]
+__all__ = ["ModelKind", "KINDS", "save", "save_classifier", "card_file", "load_kind"]
 
 
 class ModelKind(NamedTuple):
@@ -305,3 +305,14 @@ def card_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return _decode(_metadata(path))
+
+
+def load_kind(path: str | os.PathLike, kind: str, device: str | torch.device = "cpu") -> nn.Module:
+    """The network of ``kind`` a file holds, in eval mode; a file of another kind is refused."""
+    path = Path(path)
+    meta = card_file(path)
+    if (held := _file_kind(path, meta)) != kind:
+        raise ValueError(f"{path} holds a {held!r}, not a {kind!r}: use {KINDS[held].loader}(path)")
+    model = _build_model(path, kind, meta)
+    _load_weights(path, model)
+    return model.to(_check_device(device)).eval()

@@ -26,11 +26,10 @@ from diffusion_tutorial.model_files import (  # the file format, re-exported
     _build_model,
     _build_schedule,
     _check_device,
-    _decode,
     _file_kind,
     _load_weights,
-    _metadata,
     card_file,
+    load_kind,
     save,
     save_classifier,
 )
@@ -239,11 +238,8 @@ def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]
         raise ValueError(f"unknown pretrained model {name!r}; available: {sorted(REGISTRY)}")
     device = _check_device(device)
     path = verified_path(name)
-    meta = card_file(path)
-    if _file_kind(path, meta) == "autoencoder":
-        autoencoder = _build_model(path, "autoencoder", meta)
-        _load_weights(path, autoencoder)
-        return autoencoder.to(device).eval()
+    if _file_kind(path, card_file(path)) == "autoencoder":
+        return load_kind(path, "autoencoder", device)
     return load_file(path, device=device)
 
 
@@ -271,13 +267,4 @@ def load_classifier(
             _verify(path, sha256, str(path), CLASSIFIER.retrain)
         elif not path.is_file():
             raise FileNotFoundError(f"classifier file {path} does not exist")
-    meta = _decode(_metadata(path))
-    kind = _file_kind(path, meta)
-    if kind != "classifier":
-        raise ValueError(
-            f"{path} holds a network of kind {kind!r}, not an MNIST classifier with "
-            f"'classifier_config' metadata: load it with {KINDS[kind].loader}(path)"
-        )
-    classifier = _build_model(path, kind, meta)
-    _load_weights(path, classifier)
-    return classifier.to(device).eval()
+    return load_kind(path, "classifier", device)

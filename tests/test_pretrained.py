@@ -413,3 +413,18 @@ def test_save_refuses_a_network_its_config_does_not_rebuild(tmp_path, tiny_model
     with pytest.raises(ValueError, match="could not be loaded back"):
         pretrained.save(tmp_path / "m.safetensors", edited, schedule=SCHEDULE)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_load_kind_builds_the_files_network_and_names_the_loader_of_another_kind(tmp_path):
+    """One loader for every kind: pretrained.load("mnist-autoencoder") and load_classifier go
+    through model_files.load_kind; a file of another kind is refused with the function to use."""
+    classifier = pretrained.save_classifier(tmp_path / "c.safetensors", MNISTClassifier())
+    ae = model_files.load_kind(pretrained.verified_path("mnist-autoencoder"), "autoencoder")
+    assert isinstance(ae, Autoencoder) and not ae.training
+    shipped = pretrained.load("mnist-autoencoder")
+    for a, b in zip(ae.state_dict().values(), shipped.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=f"{classifier}.*'classifier'.*load_classifier"):
+        model_files.load_kind(classifier, "autoencoder")
+    with pytest.raises(ValueError, match="'autoencoder'.*training.autoencoder.load_autoencoder"):
+        pretrained.load_classifier(pretrained.verified_path("mnist-autoencoder"))

@@ -28,14 +28,7 @@ import torch
 
 from diffusion_tutorial.checks import check_float_in_range, check_positive_int
 from diffusion_tutorial.data import mnist
-from diffusion_tutorial.model_files import (
-    _decode,
-    _encode,
-    _kind_meta,
-    _load_weights,
-    _metadata,
-    _write,
-)
+from diffusion_tutorial.model_files import _encode, _kind_meta, _write, card_file, load_kind
 from diffusion_tutorial.networks.autoencoder import (
     Autoencoder,
     AutoencoderConfig,
@@ -104,13 +97,7 @@ def save_autoencoder(path: str | os.PathLike, model: Autoencoder, **card: Any) -
 
 def load_autoencoder(path: str | os.PathLike) -> tuple[Autoencoder, dict[str, Any]]:
     """The :class:`~diffusion_tutorial.networks.autoencoder.Autoencoder` a :func:`save_autoencoder` file holds (eval mode) and its metadata."""
-    path = Path(path)
-    meta = _decode(_metadata(path))
-    if meta.get("kind") != "autoencoder":
-        raise ValueError(f"{path} holds kind {meta.get('kind')!r}, not an autoencoder")
-    model = Autoencoder(AutoencoderConfig(**meta["autoencoder_config"]))
-    _load_weights(path, model)
-    return model.eval(), meta
+    return load_kind(path, "autoencoder"), card_file(path)
 
 
 @torch.no_grad()
