@@ -58,6 +58,18 @@ against its test reference, the autoencoder's floor (same draws as above, paired
         --n 1000 --batch 250 --threads 1 --out $L --samplers \
         ae-floor,latent-dpm:10,latent-dpm:20,latent-sde:20,latent-ddim:20:0,latent-cond-dpm:20; done
 
+The conditional pixel model's rows for the ledger (``notebooks/reference/ledger``),
+``diffusion_tutorial/results/cond_mnist_n1000.jsonl``: ``cond-<sampler>`` samples the shipped
+``mnist-cond`` at guidance scale s = 1 (the plain conditional model, one network evaluation per
+step; its model card's best MNIST-FID), the digits 0-9 in turn, from the draw's pixel x_T (rows
+marked ``"model": "mnist-cond"``; same draws as above, paired by seed):
+
+    C=diffusion_tutorial/results/cond_mnist_n1000.jsonl
+    for s in 0 1 2; do OMP_NUM_THREADS=1 .venv/bin/python bench/mnist_sweep.py --seed $s \
+        --n 1000 --batch 250 --threads 1 --out $C --samplers cond-dpm:20; done
+
+``bench/ledger.py`` lists (``--dry-run``) or runs every command behind the files the ledger reads.
+
 Print the tables: ``.venv/bin/python bench/mnist_sweep.py --table diffusion_tutorial/results/mnist_sweep.jsonl``.
 """
 
@@ -142,18 +154,30 @@ def table(rows: list[dict]) -> str:
 
 
 LATENT = "latent-"  # a sampler string with this prefix samples mnist-latent and decodes
-COND = "cond-"  # latent-cond-<sampler>: the conditional model (s = 1), digits 0..9 in turn
+# cond-<sampler> (mnist-cond) and latent-cond-<sampler> (mnist-latent): the conditional model at
+# s = 1, digits 0..9 in turn
+COND = "cond-"
 AE_FLOOR = "ae-floor"  # the draw's training images encoded and decoded: the autoencoder's floor
 LATENT_SHAPE = (4, 7, 7)
 
 
 def parse(name: str) -> SamplerSpec | None:
-    """The sampler of a string; ``latent-`` strings name a pixel sampler run in latent space."""
+    """The sampler of a string; ``latent-`` strings name a pixel sampler run in latent space.
+
+    ``cond-`` (after ``latent-`` or alone) names the conditional model; it takes an
+    epsilon-model's sampler, not a flow's.
+    """
     if name == AE_FLOOR:
         return None
     if name.startswith(LATENT):
         name = name[len(LATENT) :]
-        name = name[len(COND) :] if name.startswith(COND) else name
+    if name.startswith(COND):
+        name = name[len(COND) :]
+        if name.startswith(FLOW_KINDS):
+            raise argparse.ArgumentTypeError(
+                f"bad sampler {COND + name!r}: the conditional models are epsilon-models; "
+                "use a diffusion sampler such as cond-dpm:20"
+            )
     return SamplerSpec.parse(name)
 
 
@@ -254,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
 
     (model, schedule), _ = load_model("mnist", None, torch.device("cpu"))
     flow = None  # the velocity field of mnist-flow, loaded when a flow sampler asks for it
+    cond = None  # (mnist-cond, its schedule), loaded when a cond- sampler asks for it
     latent = None  # (mnist-latent, its schedule, the autoencoder, the factor), loaded on demand
     x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(args.seed))
     keep_path = args.out.with_name(f"{args.out.stem}_samples_seed{args.seed}.npz")
@@ -266,6 +291,14 @@ def main(argv: list[str] | None = None) -> None:
             model_name, label, nfe, images, seconds = run_latent(
                 name, spec, latent, real_train, args.seed, args.batch
             )
+        elif name.startswith(COND):  # mnist-cond at s = 1 from the draw's pixel x_T
+            cond = cond or load_model("mnist-cond", None, torch.device("cpu"))[0]
+            cond_model, cond_schedule = cond
+            images, _, seconds = generate(
+                cond_model, cond_schedule, spec, x_T, args.batch, args.seed + 10_000, 1.0, False
+            )
+            model_name, nfe = "mnist-cond", spec.nfe(cond_schedule)
+            label = f"{spec.label(cond_schedule)}, conditional (s = 1, digits 0-9 in turn)"
         else:
             model_name, model_fn = "mnist", model
             if spec.kind in FLOW_KINDS:
