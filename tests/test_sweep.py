@@ -153,3 +153,34 @@ def test_uint8_samples_still_map_to_minus_one_one(tmp_path):
     _write_npz(tmp_path, ddpm=np.array([[[0] * 28] * 27 + [[255] * 28]], dtype=np.uint8))
     x = sweep.sweep_samples(0, tmp_path)["ddpm"]
     assert x.shape == (1, 1, 28, 28) and x.min() == -1 and x.max() == 1
+
+
+def test_paired_difference_pairs_by_draw_with_the_sample_sd():
+    # D = a - b on draws 0, 1, 2 = (2, 3, 6): mean 11/3, s_D^2 = sum (D - 11/3)^2 / (3 - 1) = 13/3.
+    # b lists its draws in another order and has a draw a lacks: pairing by position, the
+    # population sd (/ K) or SE = s_D / K instead of s_D / sqrt(K) each give another number.
+    a = {0: 3.0, 1: 5.0, 2: 10.0}
+    b = {2: 4.0, 0: 1.0, 7: 100.0, 1: 2.0}
+    got = sweep.paired_difference(a, b)
+    assert got.draws == (0, 1, 2)
+    assert got.mean == pytest.approx(11 / 3, rel=1e-12)  # exact arithmetic up to round-off
+    assert got.se == pytest.approx(math.sqrt(13 / 3) / math.sqrt(3), rel=1e-12)
+
+
+def test_paired_difference_of_one_draw_has_no_se_and_of_none_is_an_error():
+    one = sweep.paired_difference({4: 2.0}, {4: 1.5, 5: 0.0})
+    assert one.mean == 0.5 and one.draws == (4,) and math.isnan(one.se)
+    with pytest.raises(ValueError, match="share no draw"):
+        sweep.paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_committed_n1000_files_share_the_floor_of_each_draw():
+    # The ledger pairs rows of different files by draw: every file at n = 1,000 must have
+    # scored its draw k against the same reference and floor (bench/quality.mnist_draw).
+    floors: dict[int, set] = {}
+    for path in sorted(sweep.RESULTS_DIR.glob("*_n1000.jsonl")):
+        for r in sweep.sweep_results(path):
+            assert r["n"] == 1000, (path.name, r["sampler"])
+            floors.setdefault(r["seed"], set()).add(round(r["floor_fid"], 6))
+    assert floors, "no committed n = 1,000 results"
+    assert all(len(f) == 1 for f in floors.values()), floors

@@ -19,12 +19,23 @@ import numbers
 import statistics
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["RESULTS_DIR", "sweep_results", "sweep_fids", "mean_sd", "sweep_samples", "sweep_x_T"]
+__all__ = [
+    "RESULTS_DIR",
+    "sweep_results",
+    "sweep_fids",
+    "mean_sd",
+    "PairedDifference",
+    "paired_difference",
+    "sweep_samples",
+    "sweep_x_T",
+]
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 """Where the committed benchmark results live (package data, so Colab installs have them)."""
@@ -120,6 +131,34 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
                 f"values must be finite, got {v} at position {i} (a failed run in the table?)"
             )
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+class PairedDifference(NamedTuple):
+    """Mean and standard error over draws of per-draw differences, and the draws they used."""
+
+    mean: float
+    se: float  # nan for a single draw: one difference has no spread to estimate
+    draws: tuple[int, ...]
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> PairedDifference:
+    """D_k = a[k] - b[k] on each draw k in both, with D_bar and SE(D_bar) = s_D / sqrt(K).
+
+    ``a`` and ``b`` map a draw (seed) to a score, e.g. ``sweep_fids(rows, "dpm:20")`` and
+    ``sweep_fids(rows, "dpm:20", "floor_fid")`` for the distance above the floor of the same
+    draw. Pairing by draw cancels what a draw does to both scores alike (its reference images,
+    its x_T); draws in only one of the two are left out. s_D is the sample standard deviation of
+    the K differences. Book: Evaluating samples, eq. (eq-eval-paired).
+    """
+    draws = tuple(sorted(a.keys() & b.keys()))
+    if not draws:
+        raise ValueError(
+            f"a and b share no draw (a has {sorted(a)}, b has {sorted(b)}); pair scores of the "
+            "same draws"
+        )
+    mean, sd = mean_sd([a[k] - b[k] for k in draws])
+    se = sd / math.sqrt(len(draws)) if len(draws) > 1 else math.nan
+    return PairedDifference(mean, se, draws)
 
 
 def sweep_samples(seed: int = 0, folder: str | Path | None = None) -> dict[str, torch.Tensor]:
