@@ -39,21 +39,28 @@ class Run:
 
     out: str  # file stem in diffusion_tutorial/results/
     seed: int
-    samplers: str | None  # None: mnist_sweep.py's DEFAULT list
+    samplers: str  # comma-separated sampler strings of bench/mnist_sweep.py
     n: int = 1000
     extra: tuple[str, ...] = ("--batch", "250")
 
     def argv(self, python: str) -> list[str]:
         args = [python, "bench/mnist_sweep.py", "--seed", str(self.seed), "--n", str(self.n)]
         args += [*self.extra, "--threads", "1", "--out", f"{RESULTS}/{self.out}.jsonl"]
-        return args + (["--samplers", self.samplers] if self.samplers else [])
+        return [*args, "--samplers", self.samplers]
 
 
 def runs() -> list[Run]:
     """Every invocation behind the ledger's files, in the order of bench/mnist_sweep.py's docstring."""
     out: list[Run] = []
-    # Parts 2-3: the first run, n = 250 with DDPM-1000 and 64 stored samples per run.
-    out += [Run("mnist_sweep", s, None, n=250, extra=("--keep", "64")) for s in (0, 1, 2)]
+    # Parts 2-3: the first run, n = 250 with DDPM-1000 and 64 stored samples per run: the
+    # samplers of mnist_sweep.py's DEFAULT that the committed file holds (DEFAULT also has the
+    # 100-step settings, never committed).
+    first = (
+        "sde:20,dpm:20,ddim:50:0,ddim:50:1,ddpm,ddim:10:0,ddim:10:1,sde:10,dpm:10,ddim:20:0,"
+        "ddim:20:1,hat:10,hat:20,ddim:10:0.5,ddim:20:0.5,sde:5,dpm:5,ddim:5:0,ddim:5:1,hat:50,"
+        "ddim:50:0.5,sde:50,dpm:50,sde:15,dpm:15,ddim:15:0,ddim:15:1"
+    )
+    out += [Run("mnist_sweep", s, first, n=250, extra=("--keep", "64")) for s in (0, 1, 2)]
     # Part 3 ch. 3: the pixel model at n = 1,000 (five draws at 19-20 NFE, three elsewhere).
     pixel = "mnist_sweep_n1000"
     out += [Run(pixel, s, "sde:20,dpm:20,ddim:20:0,ddim:20:1,heun:10,euler:20") for s in range(5)]
