@@ -43,7 +43,9 @@ tests/test_diffusers_edm.py).
 
 The flow sampler, ``flow_sample(model, x_noise, steps=n, method="euler" | "heun")``, takes a
 velocity field ``model(x, flow_t) -> u`` in flow time s (s = 0 at noise) instead of an eps-model:
-see ``samplers.flow`` and ``core.flow_matching`` (Part 4).
+see ``samplers.flow`` and ``core.flow_matching`` (Part 4). ``few_step_sample(model, x_T, steps=k)``
+samples a consistency model (re-noising between steps) or a reflowed flow (Euler, no re-noising)
+in k steps: ``samplers.few_step`` (Part 4, One to four steps).
 
 Book: Reverse process (Part 2), Fast sampling (Part 3) and Flow matching (Part 4).
 """
@@ -54,6 +56,7 @@ from diffusion_tutorial.samplers.ddpm import ddpm_sample
 from diffusion_tutorial.samplers.dpm_solver import dpm_solver_3_exact_sample, dpm_solver_sample
 from diffusion_tutorial.samplers.dpm_solver_sde import dpm_solver_sde_sample
 from diffusion_tutorial.samplers.edm import SigmaFn, euler_sample, heun_sample
+from diffusion_tutorial.samplers.few_step import few_step_sample
 from diffusion_tutorial.samplers.flow import flow_sample, flow_timesteps
 from diffusion_tutorial.samplers.inverse import (
     Projection,
@@ -91,6 +94,7 @@ __all__ = [
     "euler_sample",
     "flow_sample",
     "flow_timesteps",
+    "few_step_sample",
     "SigmaFn",
     "karras_sigmas",
     "karras_timesteps",
