@@ -16,7 +16,8 @@ noise stream of the stochastic samplers (seed + 10,000). Each line holds:
 
 Sampler strings as in ``bench/quality.py`` (``ddpm``, ``ddim:STEPS:ETA``, ``hat:STEPS``,
 ``dpm:STEPS[:ORDER]``, ``sde:STEPS``, ``heun:STEPS`` and ``euler:STEPS`` for EDM's samplers,
-``flow-euler:STEPS`` and ``flow-heun:STEPS`` for the flow-matching model ``mnist-flow``). Runs already in ``--out`` are skipped, so the command can
+``flow-euler:STEPS`` and ``flow-heun:STEPS`` for the flow-matching model ``mnist-flow``,
+``few-step:K`` for ``mnist-few-step``: K Euler steps, what ``dt.few_step_sample`` does for it). Runs already in ``--out`` are skipped, so the command can
 be stopped and restarted, and draws can run in parallel processes (one seed each).
 ``--keep K`` stores the first K samples of every run of the draw as uint8 in
 ``<out stem>_samples_seed<seed>.npz`` (key: the sampler string).
@@ -157,6 +158,7 @@ LATENT = "latent-"  # a sampler string with this prefix samples mnist-latent and
 # cond-<sampler> (mnist-cond) and latent-cond-<sampler> (mnist-latent): the conditional model at
 # s = 1, digits 0..9 in turn
 COND = "cond-"
+FEW_STEP = "few-step:"  # few-step:K: mnist-few-step, K Euler steps on the uniform flow-time grid
 AE_FLOOR = "ae-floor"  # the draw's training images encoded and decoded: the autoencoder's floor
 LATENT_SHAPE = (4, 7, 7)
 
@@ -169,6 +171,8 @@ def parse(name: str) -> SamplerSpec | None:
     """
     if name == AE_FLOOR:
         return None
+    if name.startswith(FEW_STEP):  # what dt.few_step_sample does for a reflowed flow
+        return SamplerSpec.parse("flow-euler:" + name[len(FEW_STEP) :])
     if name.startswith(LATENT):
         name = name[len(LATENT) :]
     if name.startswith(COND):
@@ -259,6 +263,10 @@ def main(argv: list[str] | None = None) -> None:
         "--latent-weights", type=Path, default=None,
         help="latent-*: this .safetensors (no hash check) instead of mnist-latent",
     )  # fmt: skip
+    p.add_argument(
+        "--few-step-weights", type=Path, default=None,
+        help="few-step:K: this .safetensors (no hash check) instead of mnist-few-step",
+    )  # fmt: skip
     p.add_argument("--table", type=Path, default=None, help="print the tables of a file and exit")
     args = p.parse_args(argv)
     if args.table is not None:
@@ -278,6 +286,7 @@ def main(argv: list[str] | None = None) -> None:
 
     (model, schedule), _ = load_model("mnist", None, torch.device("cpu"))
     flow = None  # the velocity field of mnist-flow, loaded when a flow sampler asks for it
+    few = None  # the velocity field of mnist-few-step, loaded when a few-step sampler asks for it
     cond = None  # (mnist-cond, its schedule), loaded when a cond- sampler asks for it
     latent = None  # (mnist-latent, its schedule, the autoencoder, the factor), loaded on demand
     x_T = torch.randn((args.n, 1, 28, 28), generator=torch.Generator().manual_seed(args.seed))
@@ -301,7 +310,17 @@ def main(argv: list[str] | None = None) -> None:
             label = f"{spec.label(cond_schedule)}, conditional (s = 1, digits 0-9 in turn)"
         else:
             model_name, model_fn = "mnist", model
-            if spec.kind in FLOW_KINDS:
+            if name.startswith(FEW_STEP):
+                if few is None:
+                    few = velocity_model(
+                        *(
+                            pretrained.load("mnist-few-step")
+                            if args.few_step_weights is None
+                            else pretrained.load_file(args.few_step_weights)
+                        )
+                    )
+                model_name, model_fn = "mnist-few-step", few
+            elif spec.kind in FLOW_KINDS:
                 if flow is None:
                     net, flow_schedule = (
                         pretrained.load("mnist-flow")
@@ -314,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
                 model_fn, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False
             )
             label, nfe = spec.label(schedule), spec.nfe(schedule)
+            if name.startswith(FEW_STEP):
+                label = f"few-step (reflow) {nfe} Euler step{'s' * (nfe > 1)}, uniform flow time"
         feats = classifier_features(classifier, images)
         row = {
             "model": model_name, "n": args.n, "seed": args.seed, "sampler": name,
