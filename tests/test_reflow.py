@@ -78,3 +78,31 @@ def test_resumed_reflow_equals_an_uninterrupted_run_and_the_card_says_reflow(tmp
     assert card["init"]["from"] == init and card["steps"] == 4
     net, _ = dt.pretrained.load_file(export)
     assert net.config.prediction == "velocity"
+
+
+def test_reflow_times_visit_the_samplers_grids_as_often_as_drawn():
+    """grid_fraction = 1: only s = i / k of the 1-, 2- and 4-step grids, k equally likely, so
+    P(0) = 7/12, P(1/2) = 1/4, P(1/4) = P(3/4) = 1/12; grid_fraction = 0: uniform on the covered
+    range. Caught: i = ceil(u k) (s = 1 appears, never asked by a sampler), and the grid times
+    drawn when the coin says uniform.
+    """
+    _, schedule = dt.pretrained.load("mnist-flow")
+    g = torch.Generator().manual_seed(0)
+    s = reflow.reflow_times(60_000, schedule, grid_fraction=1.0, generator=g)
+    values, counts = s.unique(return_counts=True)
+    assert values.tolist() == [0.0, 0.25, 0.5, 0.75]
+    freq = (counts / s.numel()).tolist()  # binomial sd < 0.002 at n = 60,000
+    for got, want in zip(freq, [7 / 12, 1 / 12, 1 / 4, 1 / 12], strict=True):
+        assert abs(got - want) < 0.01
+    u = reflow.reflow_times(60_000, schedule, grid_fraction=0.0, generator=g)
+    lo, hi = dt.core.flow_matching.flow_time_range(schedule)
+    assert lo <= u.min() and u.max() <= hi and abs(u.mean() - (lo + hi) / 2) < 0.01
+    half = reflow.reflow_times(60_000, schedule, grid_fraction=0.5, generator=g)
+    on_grid = torch.isin(half, torch.tensor([0.0, 0.25, 0.5, 0.75], dtype=torch.float64))
+    assert abs(on_grid.double().mean() - 0.5) < 0.01
+    try:
+        reflow.reflow_times(4, schedule, grid_fraction=1.5)
+    except ValueError as err:
+        assert "grid_fraction" in str(err)
+    else:
+        raise AssertionError("grid_fraction = 1.5 was accepted")

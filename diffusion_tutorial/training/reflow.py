@@ -13,6 +13,9 @@ Two steps, each resumable, each a sub-command of ``python -m diffusion_tutorial.
    The coupling is the teacher's ODE, not independent noise, so the target velocity is one
    straight line per pair: with a perfect fit, Euler steps from x_T land on x_0 (Liu et al. 2023,
    the "2-rectified flow"; at s = 0 alone it is Luhman & Luhman's one-step regression).
+   ``--grid-fraction p`` draws a share p of each batch's times from the flow times that the 1-,
+   2- and 4-step Euler samplers visit (:func:`reflow_times`) and the rest uniformly: the few-step
+   sampler only ever asks the network at those times, so they get the training they need.
 
 Sampling: ``samplers.few_step.few_step_sample`` (Euler on the uniform flow-time grid, no
 re-noising between steps). Time convention: s = 0 at noise (``core.flow``), as in the pairs' x_T.
@@ -31,7 +34,8 @@ from pathlib import Path
 import torch
 
 from diffusion_tutorial import pretrained
-from diffusion_tutorial.core.flow_matching import flow_matching_loss
+from diffusion_tutorial.checks import check_float_in_range
+from diffusion_tutorial.core.flow_matching import flow_matching_loss, flow_time_range
 from diffusion_tutorial.samplers import dpm_solver_sample
 from diffusion_tutorial.training.build import init_provenance
 from diffusion_tutorial.training.ema import EMA
@@ -39,7 +43,15 @@ from diffusion_tutorial.training.loop import batch_indices
 from diffusion_tutorial.training.outputs import hardware_name
 from diffusion_tutorial.training.step import learning_rate
 
-__all__ = ["PAIR_SEED", "pair_noise", "make_pairs", "load_pairs", "train_reflow", "main"]
+__all__ = [
+    "PAIR_SEED",
+    "pair_noise",
+    "make_pairs",
+    "load_pairs",
+    "reflow_times",
+    "train_reflow",
+    "main",
+]
 
 PAIR_SEED = 100_000
 """Shard k's x_T is drawn from ``torch.Generator().manual_seed(PAIR_SEED + k)``."""
@@ -88,6 +100,27 @@ def load_pairs(folder: Path, max_shards: int | None = None) -> tuple[torch.Tenso
         x_T.append(pair_noise(data["seed"] - PAIR_SEED, data["x_0"].shape[0]))
         x_0.append(data["x_0"].float())
     return torch.cat(x_T), torch.cat(x_0)
+
+
+def reflow_times(
+    batch: int,
+    schedule,  # noqa: ANN001 - a NoiseSchedule
+    *,
+    grid_fraction: float,
+    grid_steps: tuple[int, ...] = (1, 2, 4),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Flow times s (batch,) float64 for the reflow loss: with probability ``grid_fraction`` a
+    time the k-step Euler sampler visits, s = i / k (k drawn from ``grid_steps``, then i from
+    0..k-1), else s ~ U[s_min, s_max] as ``flow_matching_loss`` draws it."""
+    check_float_in_range("grid_fraction", grid_fraction, 0.0, 1.0)
+    lo, hi = flow_time_range(schedule)
+    uniform = lo + (hi - lo) * torch.rand(batch, generator=generator, dtype=torch.float64)
+    ks = torch.tensor(grid_steps, dtype=torch.float64)
+    k = ks[torch.randint(len(grid_steps), (batch,), generator=generator)]  # (batch,)
+    i = torch.floor(torch.rand(batch, generator=generator, dtype=torch.float64) * k)
+    on_grid = torch.rand(batch, generator=generator) < grid_fraction
+    return torch.where(on_grid, i / k, uniform)
 
 
 def train_reflow(args: argparse.Namespace) -> None:
@@ -144,7 +177,10 @@ def train_reflow(args: argparse.Namespace) -> None:
             group["lr"] = learning_rate(
                 step, lr=args.lr, steps=args.steps, warmup_steps=args.warmup_steps, cosine=True
             )
-        loss = flow_matching_loss(net, x_0_all[idx], schedule, generator=gen, noise=x_T_all[idx])
+        flow_t = reflow_times(len(idx), schedule, grid_fraction=args.grid_fraction, generator=gen)
+        loss = flow_matching_loss(
+            net, x_0_all[idx], schedule, flow_t=flow_t, noise=x_T_all[idx], generator=gen
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -177,6 +213,7 @@ def export(args, ema, step, wall_time_s, rows, n_pairs) -> None:  # noqa: ANN001
         init=init_provenance(args.init),
         few_step={
             "method": "reflow",
+            "grid_fraction": args.grid_fraction,
             "sampler": "Euler on the uniform flow-time grid s_i = i / k, k = 1, 2 or 4",
             "between_steps": "nothing: a reflowed flow does not re-noise",
             "teacher": TEACHER,
@@ -211,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_argument("--warmup-steps", type=int, default=100)
     tp.add_argument("--ema-decay", type=float, default=0.999)
     tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--grid-fraction", type=float, default=0.0, help="share of times on the grids")
     tp.add_argument("--threads", type=int, default=1)
     tp.add_argument("--out", required=True)
     tp.add_argument("--export", default=None)
