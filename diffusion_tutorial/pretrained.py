@@ -108,6 +108,15 @@ REGISTRY: dict[str, WeightsEntry] = {
         "--lr-decay cosine --ema-decay 0.999 --seed 0 --export mnist-latent.safetensors (a "
         "class-conditional eps-model of mnist-autoencoder's 4x7x7 latents; see the model card)",
     ),
+    "mnist-few-step": WeightsEntry(
+        filename="mnist-few-step.safetensors",
+        sha256="1000b965e288623a48b5ca1799e67ca39347cb6db9e7a5032150ba5f068d37f8",
+        retrain="python -m diffusion_tutorial.training.reflow pairs --out pairs --shards 0 12, "
+        "then python -m diffusion_tutorial.training.reflow train --pairs pairs --init mnist-flow "
+        "--steps 4500 --batch-size 64 --lr 2e-4 --grid-fraction 0.5 --seed 0 --out run "
+        "--export mnist-few-step.safetensors (reflow of mnist-flow on 12,000 pairs of mnist's "
+        "DPM-Solver++(2M) 20-NFE ODE; see the model card)",
+    ),
 }
 CLASSIFIER = WeightsEntry(
     filename="mnist_classifier.safetensors",
