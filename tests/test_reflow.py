@@ -7,24 +7,20 @@ names the bug it was seen to catch (injected in a scratch edit, watched go red, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 import diffusion_tutorial as dt
 from diffusion_tutorial.training import reflow
 
+from .conftest import tiny_unet_config
+
 
 def _tiny_flow_file(path):
-    net = dt.UNet(
-        dt.UNetConfig(
-            base_channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            num_heads=2,
-            groups=4,
-            attention=False,
-            prediction="velocity",
-        )
-    )
+    # the tests' tiny U-Net at MNIST's size (the pairs are 28x28), predicting a velocity
+    config = dataclasses.replace(tiny_unet_config(), image_size=28, prediction="velocity")
+    net = dt.UNet(config)
     dt.pretrained.save(path, net, schedule={"name": "linear", "T": 1000}, note="test")
     return path
 
