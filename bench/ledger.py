@@ -79,8 +79,9 @@ def runs() -> list[Run]:
     out += [Run("latent_mnist_n1000", s, latent) for s in (0, 1, 2)]
     # The conditional pixel model at s = 1 (the ledger's row of mnist-cond).
     out += [Run("cond_mnist_n1000", s, "cond-dpm:20") for s in (0, 1, 2)]
-    # The few-step model (Part 4, One to four steps).
-    out += [Run("few_step_mnist_n1000", s, "few-step:1,few-step:2,few-step:4") for s in (0, 1, 2)]
+    # The few-step model (Part 4, One to four steps), beside mnist-flow's Euler at the same NFE.
+    few = "few-step:1,few-step:2,few-step:4,flow-euler:1,flow-euler:2,flow-euler:4"
+    out += [Run("few_step_mnist_n1000", s, few) for s in (0, 1, 2)]
     return out
 
 

@@ -59,6 +59,15 @@ against its test reference, the autoencoder's floor (same draws as above, paired
         --n 1000 --batch 250 --threads 1 --out $L --samplers \
         ae-floor,latent-dpm:10,latent-dpm:20,latent-sde:20,latent-ddim:20:0,latent-cond-dpm:20; done
 
+The few-step chapter's rows, ``diffusion_tutorial/results/few_step_mnist_n1000.jsonl``
+(``mnist-few-step`` in 1, 2 and 4 Euler steps, and ``mnist-flow``'s Euler at the same NFE, from
+the same x_T; same draws as above):
+
+    S=diffusion_tutorial/results/few_step_mnist_n1000.jsonl
+    for s in 0 1 2; do OMP_NUM_THREADS=1 .venv/bin/python bench/mnist_sweep.py --seed $s \
+        --n 1000 --batch 250 --threads 1 --out $S --samplers \
+        few-step:1,few-step:2,few-step:4,flow-euler:1,flow-euler:2,flow-euler:4; done
+
 The conditional pixel model's rows for the ledger (``notebooks/reference/ledger``),
 ``diffusion_tutorial/results/cond_mnist_n1000.jsonl``: ``cond-<sampler>`` samples the shipped
 ``mnist-cond`` at guidance scale s = 1 (the plain conditional model, one network evaluation per
