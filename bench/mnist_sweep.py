@@ -242,6 +242,12 @@ def run_latent(name: str, spec, latent, real_train: torch.Tensor, seed: int, bat
     )
 
 
+def load_velocity(name: str, weights: Path | None):
+    """The velocity field of the shipped flow network ``name``, or of ``weights`` (no hash check)."""
+    net, schedule = pretrained.load(name) if weights is None else pretrained.load_file(weights)
+    return velocity_model(net, schedule)
+
+
 def append(path: Path, row: dict, log) -> None:
     """Append one result line (one short write: parallel draws do not interleave)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,23 +326,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             model_name, model_fn = "mnist", model
             if name.startswith(FEW_STEP):
-                if few is None:
-                    few = velocity_model(
-                        *(
-                            pretrained.load("mnist-few-step")
-                            if args.few_step_weights is None
-                            else pretrained.load_file(args.few_step_weights)
-                        )
-                    )
+                few = few or load_velocity("mnist-few-step", args.few_step_weights)
                 model_name, model_fn = "mnist-few-step", few
             elif spec.kind in FLOW_KINDS:
-                if flow is None:
-                    net, flow_schedule = (
-                        pretrained.load("mnist-flow")
-                        if args.flow_weights is None
-                        else pretrained.load_file(args.flow_weights)
-                    )
-                    flow = velocity_model(net, flow_schedule)
+                flow = flow or load_velocity("mnist-flow", args.flow_weights)
                 model_name, model_fn = "mnist-flow", flow
             images, _, seconds = generate(
                 model_fn, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False

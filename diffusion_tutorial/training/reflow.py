@@ -26,7 +26,6 @@ Book: One to four steps (Part 4). Liu, Gong & Liu 2023 (reflow); Luhman & Luhman
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -132,8 +131,7 @@ def train_reflow(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     x_T_all, x_0_all = load_pairs(Path(args.pairs), args.max_shards)
     n = x_0_all.shape[0]
-    load = pretrained.load if args.init in pretrained.REGISTRY else pretrained.load_file
-    net, schedule = load(args.init)
+    net, schedule = pretrained.load_file(_init_path(args.init))
     if net.config.prediction != "velocity":
         raise ValueError(f"--init must be a flow network (prediction 'velocity'), got {args.init}")
     ema = EMA(net, decay=args.ema_decay, warmup=False)  # the init weights are already an EMA
@@ -148,10 +146,7 @@ def train_reflow(args: argparse.Namespace) -> None:
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         step, wall, rows = state["step"], state["wall"], [tuple(r) for r in state["rows"]]
-        if "torch_rng" in state:  # dropout's stream, where it stopped
-            torch.set_rng_state(state["torch_rng"])
-        else:  # a checkpoint that did not store it: a fresh stream from (seed, step)
-            torch.manual_seed(args.seed + step)
+        torch.set_rng_state(state["torch_rng"])  # dropout's stream, where it stopped
         print(f"resumed at step {step} ({n} pairs)", flush=True)
     else:
         torch.manual_seed(args.seed)  # dropout
@@ -223,11 +218,12 @@ def export(args, ema, step, wall_time_s, rows, n_pairs) -> None:  # noqa: ANN001
     )
     path = Path(args.export)
     spec = pretrained.card_file(_init_path(args.init))["schedule"]  # the init's schedule
-    pretrained.save(path, copy.deepcopy(ema.model).cpu(), schedule=spec, **meta)
+    pretrained.save(path, ema.model, schedule=spec, **meta)
     print(f"exported EMA weights at step {step} to {path}", flush=True)
 
 
 def _init_path(init: str) -> Path:
+    """A shipped model's verified file (by name), else the path given."""
     return pretrained.verified_path(init) if init in pretrained.REGISTRY else Path(init)
 
 
