@@ -102,11 +102,13 @@ REGISTRY: dict[str, WeightsEntry] = {
     ),
     "mnist-latent": WeightsEntry(
         filename="mnist-latent.safetensors",
-        sha256="4d69719d38582bafb5c1ad42e280868424c66c0b4d35fada6c089da503ce185b",
+        sha256="b130e47bbe87e90de840bd2d48eb6acf2f8f6521a744b6b12be5e999b0918ab2",
         retrain="python -m diffusion_tutorial.train --dataset mnist-latent --model latent "
         "--conditional --p-uncond 0.1 --steps 5000 --batch-size 128 --lr 4e-4 --warmup-steps 100 "
-        "--lr-decay cosine --ema-decay 0.999 --seed 0 --export mnist-latent.safetensors (a "
-        "class-conditional eps-model of mnist-autoencoder's 4x7x7 latents; see the model card)",
+        "--lr-decay cosine --ema-decay 0.999 --seed 0 --out stage1 --export stage1.safetensors, "
+        "then the same with --init stage1.safetensors --steps 6000 --lr 2e-4 --seed 1 --out stage2 "
+        "--export mnist-latent.safetensors (a class-conditional eps-model of mnist-autoencoder's "
+        "4x7x7 latents; see the model card)",
     ),
     "mnist-few-step": WeightsEntry(
         filename="mnist-few-step.safetensors",
