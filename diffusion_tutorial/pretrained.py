@@ -51,6 +51,7 @@ __all__ = [
     "card_file",
     "weights_path",
     "verified_path",
+    "resolve_weights",
     "sha256_file",
 ]
 
@@ -233,6 +234,14 @@ def verified_path(name: str) -> Path:
         )
     _verify(path, entry.sha256, f"pretrained {name!r}", entry.retrain)
     return path
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> Path:
+    """A shipped model's file, SHA-256-checked, if ``name_or_path`` names one (as ``--init mnist``
+    does); otherwise the path itself (a file of one's own, as ``--init run/model.safetensors``)."""
+    if str(name_or_path) in REGISTRY:
+        return verified_path(str(name_or_path))
+    return Path(name_or_path)
 
 
 def load(name: str, device: str | torch.device = "cpu") -> tuple[nn.Module, Any] | Autoencoder:

@@ -99,6 +99,19 @@ def test_corrupted_file_is_refused_before_loading(shipped):
         pretrained.verified_path("mnist")
 
 
+def test_resolve_weights_checks_a_shipped_name_and_passes_a_path_through(shipped, tmp_path):
+    # --init takes a shipped name (its file, hash-checked) or a path of one's own (as given)
+    assert pretrained.resolve_weights("mnist") == shipped
+    own = tmp_path / "run" / "mnist"  # a path that happens to end in a registered name
+    assert pretrained.resolve_weights(own) == own
+    assert pretrained.resolve_weights(str(own)) == own
+    data = bytearray(shipped.read_bytes())
+    data[-1] ^= 0xFF
+    shipped.write_bytes(bytes(data))
+    with pytest.raises(pretrained.ChecksumError):
+        pretrained.resolve_weights("mnist")
+
+
 def test_missing_file_gives_a_clear_error(shipped):
     shipped.unlink()
     with pytest.raises(FileNotFoundError, match="missing.*Reinstall.*retrain-cmd"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -143,8 +142,9 @@ def load_init(model: torch.nn.Module, cfg: TrainConfig, schedule: NoiseSchedule)
     """
     init = cfg.init
     try:
-        path = pretrained.verified_path(init) if init in pretrained.REGISTRY else init
-        src, src_schedule = pretrained.load_file(path)  # refuses a non-denoiser (the autoencoder)
+        src, src_schedule = pretrained.load_file(
+            pretrained.resolve_weights(init)
+        )  # refuses a non-denoiser (the autoencoder)
     except (FileNotFoundError, ValueError) as err:
         raise ConfigError(
             f"--init must be one of {sorted(pretrained.REGISTRY)} or a .safetensors file written "
@@ -173,7 +173,7 @@ _PROVENANCE_KEYS = ("steps", "batch_size", "hardware", "wall_time_s", "init")
 def init_provenance(init: str) -> dict[str, Any]:
     """Where ``--init`` weights came from, for the exported model card: the source, its SHA-256
     and how it was trained (its own ``init`` too, so a chain of fine-tunes stays traceable)."""
-    path = pretrained.verified_path(init) if init in pretrained.REGISTRY else Path(init)
+    path = pretrained.resolve_weights(init)
     meta = pretrained.card_file(path)
     return {
         "from": init,

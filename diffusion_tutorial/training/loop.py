@@ -28,11 +28,16 @@ import torch.distributed as dist
 from torch import nn
 
 from diffusion_tutorial.core.flow_matching import flow_matching_loss
-from diffusion_tutorial.training.build import init_provenance, latent_card
+from diffusion_tutorial.training.build import latent_card
 from diffusion_tutorial.training.checkpoints import CHECKPOINT, save_checkpoint
 from diffusion_tutorial.training.config import TrainConfig
 from diffusion_tutorial.training.lock import RunLock
-from diffusion_tutorial.training.outputs import export_weights, hardware_name, save_sample_grid
+from diffusion_tutorial.training.outputs import (
+    export_weights,
+    hardware_name,
+    run_card,
+    save_sample_grid,
+)
 from diffusion_tutorial.training.setup import (
     Process,
     Run,
@@ -208,19 +213,18 @@ def finish(run: Run) -> float:
     if cfg.sample_every and step % cfg.sample_every != 0:
         sample_grid(run)
     if run.proc.rank == 0 and cfg.export:
-        meta = dict(
-            training_command=cfg.command,
+        meta = run_card(
+            cfg.command,
+            run.net,
             steps=step,
             batch_size=cfg.batch_size,
             hardware=hardware_name(run.proc.device, run.proc.world),
-            wall_time_s=round(wall_time_s, 1),
-            parameters=sum(p.numel() for p in run.net.parameters()),
-            train_config=dataclasses.asdict(cfg),
+            wall_time_s=wall_time_s,
             final_loss=run.losses[-1][1] if run.losses else None,
+            init=cfg.init,
+            train_config=dataclasses.asdict(cfg),
+            **latent_card(cfg),  # mnist-latent: the autoencoder's SHA-256, the factor
         )
-        if cfg.init:  # steps, hardware and wall time above count this run only
-            meta["init"] = init_provenance(cfg.init)
-        meta.update(latent_card(cfg))  # mnist-latent: the autoencoder's SHA-256, the factor
         export_weights(cfg.export, run.ema.model, cfg, meta)
     return wall_time_s
 

@@ -21,10 +21,10 @@ from diffusion_tutorial.networks.guidance import classifier_free_guidance
 from diffusion_tutorial.networks.latent import decode_latent
 from diffusion_tutorial.samplers import dpm_solver_sample
 from diffusion_tutorial.samplers.flow import flow_sample
-from diffusion_tutorial.training.build import latent_autoencoder, latent_scale
+from diffusion_tutorial.training.build import init_provenance, latent_autoencoder, latent_scale
 from diffusion_tutorial.training.config import LATENT_DATASET, TrainConfig
 
-__all__ = ["save_sample_grid", "export_weights", "hardware_name"]
+__all__ = ["save_sample_grid", "export_weights", "hardware_name", "run_card"]
 
 
 @torch.no_grad()
@@ -81,6 +81,37 @@ def hardware_name(device: torch.device, world: int = 1) -> str:
         cpu = platform.processor() or platform.machine()
         name = f"CPU ({cpu}, {torch.get_num_threads()} threads)"
     return f"{world} x {name}" if world > 1 else name
+
+
+def run_card(
+    command: str,
+    model: nn.Module,
+    *,
+    steps: int,
+    batch_size: int,
+    hardware: str,
+    wall_time_s: float,
+    final_loss: float | None,
+    init: str | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The model card of an exported run: the command that reruns it, its steps, batch size,
+    hardware and wall time, the network's size and last loss, and, for a fine-tune, where its
+    starting weights came from (``init_provenance``). ``extra`` adds what only that kind of run
+    records (its configuration, a latent model's autoencoder, a few-step model's sampler)."""
+    card = dict(
+        training_command=command,
+        steps=steps,
+        batch_size=batch_size,
+        hardware=hardware,
+        wall_time_s=round(wall_time_s, 1),
+        parameters=sum(p.numel() for p in model.parameters()),
+        final_loss=final_loss,
+        **extra,
+    )
+    if init:  # steps, hardware and wall time above count this run only
+        card["init"] = init_provenance(init)
+    return card
 
 
 def export_weights(path: str, model: nn.Module, cfg: TrainConfig, metadata: dict[str, Any]) -> None:

@@ -36,10 +36,9 @@ from diffusion_tutorial import pretrained
 from diffusion_tutorial.checks import check_float_in_range
 from diffusion_tutorial.core.flow_matching import flow_matching_loss, flow_time_range
 from diffusion_tutorial.samplers import dpm_solver_sample
-from diffusion_tutorial.training.build import init_provenance
 from diffusion_tutorial.training.ema import EMA
 from diffusion_tutorial.training.loop import batch_indices
-from diffusion_tutorial.training.outputs import hardware_name
+from diffusion_tutorial.training.outputs import hardware_name, run_card
 from diffusion_tutorial.training.step import learning_rate
 
 __all__ = [
@@ -131,7 +130,7 @@ def train_reflow(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     x_T_all, x_0_all = load_pairs(Path(args.pairs), args.max_shards)
     n = x_0_all.shape[0]
-    net, schedule = pretrained.load_file(_init_path(args.init))
+    net, schedule = pretrained.load_file(pretrained.resolve_weights(args.init))
     if net.config.prediction != "velocity":
         raise ValueError(f"--init must be a flow network (prediction 'velocity'), got {args.init}")
     ema = EMA(net, decay=args.ema_decay, warmup=False)  # the init weights are already an EMA
@@ -197,15 +196,15 @@ def train_reflow(args: argparse.Namespace) -> None:
 
 def export(args, ema, step, wall_time_s, rows, n_pairs) -> None:  # noqa: ANN001
     """Write the EMA weights with the model card: the reflow settings and where they came from."""
-    meta = dict(
-        training_command=" ".join(["python -m diffusion_tutorial.training.reflow", *sys.argv[1:]]),
+    meta = run_card(
+        " ".join(["python -m diffusion_tutorial.training.reflow", *sys.argv[1:]]),
+        ema.model,
         steps=step,
         batch_size=args.batch_size,
         hardware=hardware_name(torch.device("cpu")),
-        wall_time_s=round(wall_time_s, 1),
-        parameters=sum(p.numel() for p in ema.model.parameters()),
+        wall_time_s=wall_time_s,
         final_loss=rows[-1][1] if rows else None,
-        init=init_provenance(args.init),
+        init=args.init,
         few_step={
             "method": "reflow",
             "grid_fraction": args.grid_fraction,
@@ -217,14 +216,10 @@ def export(args, ema, step, wall_time_s, rows, n_pairs) -> None:  # noqa: ANN001
         },
     )
     path = Path(args.export)
-    spec = pretrained.card_file(_init_path(args.init))["schedule"]  # the init's schedule
+    init_file = pretrained.resolve_weights(args.init)
+    spec = pretrained.card_file(init_file)["schedule"]  # the schedule it started from
     pretrained.save(path, ema.model, schedule=spec, **meta)
     print(f"exported EMA weights at step {step} to {path}", flush=True)
-
-
-def _init_path(init: str) -> Path:
-    """A shipped model's verified file (by name), else the path given."""
-    return pretrained.verified_path(init) if init in pretrained.REGISTRY else Path(init)
 
 
 def main(argv: list[str] | None = None) -> None:
