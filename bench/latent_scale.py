@@ -24,7 +24,7 @@ comparable across scales (at small c the latent is nearly pure noise at every t,
 the noise is easy); the decoded samples' FID is. 600 steps is short: at every scale the committed
 models' samples overshoot the latents' spread (``latent_std`` is several times c / 1.1527, the
 data's std) and their MNIST-FID is far above the floor, so the sweep ranks how far each scale
-gets in a short run, not where it would converge (``mnist-latent`` took 5,000 steps).
+gets in a short run, not where it would converge (``mnist-latent`` took 11,000 steps).
 
 One JSON line per scale is appended to ``--out`` (default
 ``diffusion_tutorial/results/latent_scale_sweep.jsonl``); scales already there (same scale,
