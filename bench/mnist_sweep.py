@@ -325,18 +325,17 @@ def main(argv: list[str] | None = None) -> None:
             label = f"{spec.label(cond_schedule)}, conditional (s = 1, digits 0-9 in turn)"
         else:
             model_name, model_fn = "mnist", model
+            label, nfe = spec.label(schedule), spec.nfe(schedule)
             if name.startswith(FEW_STEP):
                 few = few or load_velocity("mnist-few-step", args.few_step_weights)
                 model_name, model_fn = "mnist-few-step", few
+                label = f"few-step (reflow) {nfe} Euler step{'s' * (nfe > 1)}, uniform flow time"
             elif spec.kind in FLOW_KINDS:
                 flow = flow or load_velocity("mnist-flow", args.flow_weights)
                 model_name, model_fn = "mnist-flow", flow
             images, _, seconds = generate(
                 model_fn, schedule, spec, x_T, args.batch, args.seed + 10_000, None, False
             )
-            label, nfe = spec.label(schedule), spec.nfe(schedule)
-            if name.startswith(FEW_STEP):
-                label = f"few-step (reflow) {nfe} Euler step{'s' * (nfe > 1)}, uniform flow time"
         feats = classifier_features(classifier, images)
         row = {
             "model": model_name, "n": args.n, "seed": args.seed, "sampler": name,

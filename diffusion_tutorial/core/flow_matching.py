@@ -32,6 +32,7 @@ from diffusion_tutorial.core.time import NoiseLevel
 
 __all__ = [
     "flow_time_range",
+    "uniform_flow_times",
     "flow_network_input",
     "velocity_from_eps_model",
     "velocity_model",
@@ -48,6 +49,21 @@ def flow_time_range(schedule: NoiseSchedule) -> tuple[float, float]:
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
     lo, hi = NoiseLevel.from_lam(schedule.lam[[schedule.T, 1]]).flow_time_noise_at_0().tolist()
     return lo, hi
+
+
+def uniform_flow_times(
+    n: int,
+    schedule: NoiseSchedule,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """s ~ U[s_min, s_max] (:func:`flow_time_range`), float64 (n,) on ``device``: the flow times of
+    :func:`flow_matching_loss`. Drawn on ``generator``'s device (``device`` without one)."""
+    lo, hi = flow_time_range(schedule)
+    draw_on = generator.device if generator is not None else device
+    r = torch.rand(n, generator=generator, device=draw_on, dtype=torch.float64)  # (n,)
+    return lo + (hi - lo) * r.to(device)
 
 
 def flow_network_input(
@@ -141,10 +157,11 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """L_FM = E_{s, eps} || (x_0 - eps) - u_theta(x_s, s) ||^2, x_s = s x_0 + (1 - s) eps.
 
-    s ~ U[s_min, s_max] (``flow_time_range``: the flow times the network's book-time input
-    covers), then eps ~ N(0, I), both from ``generator`` (``s`` (B,) overrides the draw;
-    ``noise``, shaped like x_0, is the eps paired with each x_0 by a coupling other than the
-    independent one, e.g. ``training.flow_toy.minibatch_ot_pairs``); the network reads ``flow_network_input`` ((a + b) x_s and the matching fractional book time).
+    s ~ U[s_min, s_max] (:func:`uniform_flow_times`: the flow times the network's book-time
+    input covers), then eps ~ N(0, I), both from ``generator``. ``flow_t`` (B,) overrides the
+    draw of s; ``noise``, shaped like x_0, is the eps paired with each x_0 by a coupling other
+    than the independent one (e.g. ``training.flow_toy.minibatch_ot_pairs``, reflow's pairs).
+    The network reads ``flow_network_input``: (a + b) x_s and the matching fractional book time.
     Returns the mean over the batch and all dimensions, like ``simple_loss``.
     Book: Flow matching (Part 4). Lipman et al. 2023, eq. 23 (conditional flow matching).
     """
@@ -152,11 +169,8 @@ def flow_matching_loss(
     if x_0.ndim < 1 or x_0.shape[0] == 0:
         raise ValueError(f"x_0 must be a batch (B, ...) with B >= 1, got shape {tuple(x_0.shape)}")
     B = x_0.shape[0]
-    lo, hi = flow_time_range(schedule)
     if flow_t is None:
-        device = generator.device if generator is not None else x_0.device
-        r = torch.rand(B, generator=generator, device=device, dtype=torch.float64)
-        flow_t = lo + (hi - lo) * r.to(x_0.device)  # (B,)
+        flow_t = uniform_flow_times(B, schedule, generator=generator, device=x_0.device)  # (B,)
     else:
         flow_t = _flow_t(flow_t, x_0, 0.0, 1.0).reshape(-1).expand(B)
     if noise is None:

@@ -78,8 +78,9 @@ def ring_mixture(modes: int = 8, radius: float = 1.0, std: float = 0.05) -> Gaus
     modes = check_int_in_range("modes", modes, 1, None)
     angle = 2 * math.pi * torch.arange(modes, dtype=torch.float64) / modes  # (K,)
     means = radius * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)  # (K, 2)
-    weights = torch.full((modes,), 1 / modes, dtype=torch.float64)
-    return GaussianMixtureData(weights, means, weights * modes * float(std))  # stds (K,)
+    weights = torch.full((modes,), 1 / modes, dtype=torch.float64)  # (K,)
+    stds = torch.full((modes,), float(std), dtype=torch.float64)  # (K,)
+    return GaussianMixtureData(weights, means, stds)
 
 
 def exact_denoiser(

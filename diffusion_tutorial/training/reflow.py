@@ -34,7 +34,7 @@ import torch
 
 from diffusion_tutorial import pretrained
 from diffusion_tutorial.checks import check_float_in_range
-from diffusion_tutorial.core.flow_matching import flow_matching_loss, flow_time_range
+from diffusion_tutorial.core.flow_matching import flow_matching_loss, uniform_flow_times
 from diffusion_tutorial.samplers import dpm_solver_sample
 from diffusion_tutorial.training.ema import EMA
 from diffusion_tutorial.training.loop import batch_indices
@@ -112,8 +112,7 @@ def reflow_times(
     time the k-step Euler sampler visits, s = i / k (k drawn from ``grid_steps``, then i from
     0..k-1), else s ~ U[s_min, s_max] as ``flow_matching_loss`` draws it."""
     check_float_in_range("grid_fraction", grid_fraction, 0.0, 1.0)
-    lo, hi = flow_time_range(schedule)
-    uniform = lo + (hi - lo) * torch.rand(batch, generator=generator, dtype=torch.float64)
+    uniform = uniform_flow_times(batch, schedule, generator=generator)  # (batch,)
     ks = torch.tensor(grid_steps, dtype=torch.float64)
     k = ks[torch.randint(len(grid_steps), (batch,), generator=generator)]  # (batch,)
     i = torch.floor(torch.rand(batch, generator=generator, dtype=torch.float64) * k)
