@@ -20,7 +20,7 @@ Appendix C (c_skip, c_out); Karras et al. 2022 (EDM), Algorithm 1 (Heun) and eq.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -304,16 +304,16 @@ def fit_consistency(
 
 @torch.no_grad()
 def sample_errors(
-    f: Callable, f_exact: Callable, x_T: torch.Tensor, steps: Sequence[int], *, seed: int = 0
+    f: Callable, reference: dict[int, torch.Tensor], x_T: torch.Tensor, *, seed: int = 0
 ) -> dict[int, float]:
-    """{k: E || few_step_sample(f, k) - few_step_sample(f_exact, k) ||} from the same x_T and re-noising.
+    """{k: E || few_step_sample(f, k) - reference[k] ||} from the same x_T and re-noising.
 
-    k = 1: the distance to the exact ODE solution from sigma_max x_T; k > 1: to the exact
-    consistency function's k-step sample with the same fresh noise (generator seeded ``seed``).
+    ``reference[k]``: the exact consistency function's k-step sample of x_T with the fresh noise
+    of a generator seeded ``seed`` (:func:`few_step_sample` with ``ExactConsistencyFunction``),
+    computed once for every model compared; k = 1 is the exact ODE solution from sigma_max x_T.
     """
     out = {}
-    for k in steps:
-        a = few_step_sample(f, x_T, steps=k, generator=torch.Generator().manual_seed(seed))
-        b = few_step_sample(f_exact, x_T, steps=k, generator=torch.Generator().manual_seed(seed))
-        out[k] = (a.double() - b.double()).norm(dim=1).mean().item()
+    for k, ref in reference.items():
+        x = few_step_sample(f, x_T, steps=k, generator=torch.Generator().manual_seed(seed))
+        out[k] = (x.double() - ref.double()).norm(dim=1).mean().item()
     return out
