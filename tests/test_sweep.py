@@ -177,6 +177,16 @@ def test_paired_difference_of_one_draw_has_no_se_and_of_none_is_an_error():
         sweep.paired_difference({0: 1.0}, {1: 1.0})
 
 
+def test_resolved_uses_the_t_quantile_of_the_draws():
+    # mean / SE = 4.0 with 3 draws: inside t_{0.975, 2} = 4.303 (not resolved), though outside
+    # the normal 1.96 and t_{0.975, 4} = 2.776 that a wrong quantile or dof would use.
+    d = sweep.PairedDifference(mean=4.0, se=1.0, draws=(0, 1, 2))
+    assert not d.resolved
+    assert d._replace(mean=-4.4).resolved  # the sign does not matter
+    assert sweep.PairedDifference(4.0, 1.0, (0, 1, 2, 3, 4)).resolved  # 5 draws: 2.776
+    assert not sweep.PairedDifference(100.0, math.nan, (0,)).resolved  # one draw: no SE
+
+
 def test_committed_n1000_files_share_the_floor_of_each_draw():
     # The ledger pairs rows of different files by draw: every file at n = 1,000 must have
     # scored its draw k against the same reference and floor (bench/quality.mnist_draw).

@@ -140,6 +140,17 @@ class PairedDifference(NamedTuple):
     se: float  # nan for a single draw: one difference has no spread to estimate
     draws: tuple[int, ...]
 
+    @property
+    def resolved(self) -> bool:
+        """Whether the 95 % t-interval D_bar +- t_{0.975, K-1} SE excludes 0 (never for K = 1).
+
+        Book: Evaluating samples, eq. (eq-eval-paired)."""
+        if len(self.draws) < 2:
+            return False
+        from scipy.stats import t  # here: scipy.stats is slow to import
+
+        return abs(self.mean) > float(t.ppf(0.975, len(self.draws) - 1)) * self.se
+
 
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> PairedDifference:
     """D_k = a[k] - b[k] on each draw k in both, with D_bar and SE(D_bar) = s_D / sqrt(K).
